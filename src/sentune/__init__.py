@@ -1,0 +1,22 @@
+"""sentune: fine-tune, evaluate and serve transformer text classifiers from one command."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from sentune.predict import Classifier
+
+
+def __getattr__(name: str):
+    # Lazy so that `import sentune` (and the CLI's start-up) does not import torch.
+    if name == "Classifier":
+        from sentune.predict import Classifier
+
+        return Classifier
+    raise AttributeError(name)
+
+
+__all__ = ["Classifier", "__version__"]

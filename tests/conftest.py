@@ -1,0 +1,136 @@
+"""Tiny random BERT / RoBERTa models and tokenizers built in code, so the suite is fast and offline."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = (
+    "good great excellent wonderful love loved best amazing fun brilliant superb "
+    "bad awful terrible boring hate hated worst poor dull waste horrible "
+    "movie film plot actor acting story scene the a and was is it this of to "
+    "really very not quite just some much ok fine neutral average meh"
+).split()
+POSITIVE = WORDS[:11]
+NEGATIVE = WORDS[11:22]
+
+
+def corpus(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) for _ in range(n)]
+
+
+def build_tokenizer(arch: str, model_max_length: int = 128):
+    """A real fast tokenizer trained on a tiny word list: WordPiece for BERT, byte-level BPE for RoBERTa."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if arch == "bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
+        tok.decoder = decoders.WordPiece()
+        kw = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    else:
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.train_from_iterator(
+            corpus(),
+            trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        )
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+        tok.decoder = decoders.ByteLevel()
+        kw = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                  cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **kw)
+
+
+def build_model(arch: str, num_layers: int = 3, num_labels: int = 2, seed: int = 0, vocab_size: int = 600):
+    """A tiny random *ForSequenceClassification model (hidden 32, 2 heads)."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=140, num_labels=num_labels)
+    if arch == "bert":
+        return BertForSequenceClassification(BertConfig(**common, pad_token_id=0))
+    config = RobertaConfig(**common, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    return RobertaForSequenceClassification(config)
+
+
+def save_tiny(path: Path, arch: str, num_layers: int = 3, num_labels: int = 2) -> Path:
+    tokenizer = build_tokenizer(arch)
+    model = build_model(arch, num_layers, num_labels, vocab_size=len(tokenizer))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A save_pretrained folder: tiny random BERT (3 layers, 2 labels) + WordPiece tokenizer."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory) -> Path:
+    """A save_pretrained folder: tiny random RoBERTa (3 layers, 2 labels) + byte-level BPE tokenizer."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
+
+
+@pytest.fixture(params=["bert", "roberta"])
+def tiny_model_dir(request, tiny_bert_dir, tiny_roberta_dir) -> Path:
+    return tiny_bert_dir if request.param == "bert" else tiny_roberta_dir
+
+
+def sentiment_rows(n: int, seed: int = 0, labels=("neg", "pos")) -> list[dict]:
+    """Learnable toy sentiment data: positive words -> 'pos', negative words -> 'neg'."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        vocab = POSITIVE if label == labels[-1] else NEGATIVE
+        words = [rng.choice(vocab) for _ in range(rng.randint(2, 12))] + [rng.choice(WORDS[22:]) for _ in range(3)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def toy_files(tmp_path) -> dict[str, Path]:
+    """train/validation/test JSONL files of learnable toy sentiment data."""
+    return {
+        "train": write_jsonl(tmp_path / "train.jsonl", sentiment_rows(64, seed=1)),
+        "validation": write_jsonl(tmp_path / "validation.jsonl", sentiment_rows(24, seed=2)),
+        "test": write_jsonl(tmp_path / "test.jsonl", sentiment_rows(24, seed=3)),
+    }
