@@ -1,0 +1,339 @@
+"""File readers: labelled splits (.csv .tsv .jsonl .json .parquet, optionally .gz; aclImdb folders) and
+the streaming unlabelled reader behind `sentune predict`.
+
+Every problem with a file is one `DataError` that names the file and the row (or line) or column.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sentune.errors import DataError
+
+LABELLED_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
+_INT = re.compile(r"\s*-?\d+\s*")
+
+
+@dataclass
+class RawSplit:
+    """One split as read: texts, label names as strings, where it came from."""
+
+    texts: list[str]
+    labels: list[str]
+    source: str
+    class_names: list[str] | None = None  # a ClassLabel's names: the label order to use
+    unit: str = "row"  # how to name a position: "row" (1-based data row) or "line"
+    positions: list[int] | None = None  # the row/line number of each example when not i + 1
+
+    def row_name(self, index: int) -> str:
+        position = self.positions[index] if self.positions is not None else index + 1
+        return f"{self.source} {self.unit} {position}"
+
+
+def label_name(value) -> str | None:
+    """A label as a string name: 3, 3.0 and "3" are all "3"; None/"" are missing."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str):
+        value = value.strip()
+        if _INT.fullmatch(value):
+            return str(int(value))
+        return value or None
+    return str(value)
+
+
+def file_format(path: Path) -> str:
+    """The format of a file name, ignoring a trailing .gz: csv, tsv, jsonl, json, parquet, txt or ''."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1][1:] if suffixes else ""
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    """Open (gzip-aware) as UTF-8 text; a BOM is dropped, a bad byte raises UnicodeDecodeError on read."""
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+# --- labelled files ---
+
+def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label") -> RawSplit:
+    """Read one labelled file into a RawSplit, validating every row."""
+    fmt = file_format(path)
+    if fmt not in LABELLED_FORMATS:
+        raise DataError(f"{path}: unknown file type {''.join(path.suffixes) or '(no extension)'}; "
+                        f"use one of .{', .'.join(LABELLED_FORMATS)} (optionally .gz)")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        rows = _RECORD_READERS[fmt](path)
+        unit = "row" if fmt in ("csv", "tsv", "parquet") else "line"
+        return _collect(path, rows, text_column, label_column, unit)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read the file: {e}") from None
+
+
+def _collect(path: Path, records: Iterator[tuple[int, dict]], text_column: str, label_column: str,
+             unit: str) -> RawSplit:
+    texts, labels, positions = [], [], []
+    for position, record in records:
+        where = f"{path} {unit} {position}"
+        for column in (text_column, label_column):
+            if column not in record:
+                raise _missing_column(path, column, list(record), where)
+        text, label = record[text_column], label_name(record[label_column])
+        if not isinstance(text, str) or not text.strip():
+            kind = type(text).__name__
+            what = "empty" if text is None or isinstance(text, str) else f"not a string ({kind})"
+            raise DataError(f"{where}: text in column {text_column!r} is {what}")
+        if label is None:
+            raise DataError(f"{where}: missing label in column {label_column!r}")
+        texts.append(text)
+        labels.append(label)
+        positions.append(position)
+    if not texts:
+        raise DataError(f"{path}: no rows")
+    return RawSplit(texts, labels, str(path), unit=unit, positions=positions)
+
+
+def _missing_column(path: Path, column: str, present: list, where: str) -> DataError:
+    hint = "; choose the columns with --text-column/--label-column"
+    shown = ", ".join(map(str, present)) or "none"
+    return DataError(f"{where}: no column {column!r} (columns: {shown}){hint}")
+
+
+def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
+    with open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: empty file") from None
+        except csv.Error as e:
+            raise DataError(f"{path} row 0: cannot parse the header: {e}") from None
+        row = 0
+        while True:
+            row += 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise DataError(f"{path} row {row}: cannot parse: {e}") from None
+            if not values:
+                continue  # a blank line
+            if len(values) != len(header):
+                raise DataError(f"{path} row {row}: {len(values)} fields, but the header has {len(header)}")
+            yield row, dict(zip(header, values, strict=True))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_no, _json_object(line, f"{path} line {line_no}")
+
+
+def _json_object(line: str, where: str) -> dict:
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise DataError(f"{where}: not valid JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """A .json file: a list of objects, {"data": [...]}, or (often mislabelled) JSON Lines."""
+    with open_text(path) as f:
+        content = f.read()
+    try:
+        document = json.loads(content)
+    except ValueError:
+        yield from _jsonl_records(path)
+        return
+    if isinstance(document, dict) and isinstance(document.get("data"), list):
+        document = document["data"]
+    if isinstance(document, dict):
+        document = [document]
+    if not isinstance(document, list):
+        raise DataError(f"{path}: expected a JSON list of objects")
+    for index, record in enumerate(document, start=1):
+        if not isinstance(record, dict):
+            raise DataError(f"{path} item {index}: expected a JSON object, got {type(record).__name__}")
+        yield index, record
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read as Parquet: {e}") from None
+    row = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            row += 1
+            yield row, record
+
+
+_RECORD_READERS = {
+    "csv": lambda p: _csv_records(p, ","),
+    "tsv": lambda p: _csv_records(p, "\t"),
+    "jsonl": _jsonl_records,
+    "json": _json_records,
+    "parquet": _parquet_records,
+}
+
+
+# --- folders ---
+
+def find_split_files(folder: Path, split_names: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+    """train/validation/test files in a folder, by file stem (val, dev, valid count as validation)."""
+    found: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        stem = file.name.split(".")[0].lower()
+        for split, names in split_names.items():
+            if stem in names and file_format(file) in LABELLED_FORMATS and file.is_file():
+                if split in found:
+                    names = f"{found[split].name}, {file.name}"
+                    raise DataError(f"{folder}: two {split} files ({names}); keep one")
+                found[split] = file
+    return found
+
+
+def read_aclimdb(folder: Path) -> dict[str, RawSplit | None]:
+    """An aclImdb-style folder: `<split>/<label>/*.txt`, one review per file; `unsup` is ignored."""
+    out: dict[str, RawSplit | None] = {}
+    for split_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        split = next((s for s, names in _ACL_SPLITS.items() if split_dir.name.lower() in names), None)
+        if split is None:
+            continue
+        texts, labels = [], []
+        for label_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name != "unsup"):
+            for file in sorted(label_dir.glob("*.txt"), key=_natural_key):
+                texts.append(_read_review(file))
+                labels.append(label_dir.name)
+        if not texts:
+            raise DataError(f"{split_dir}: no <label>/*.txt files")
+        out[split] = RawSplit(texts, labels, str(split_dir), unit="file")
+    return out
+
+
+_ACL_SPLITS = {"train": ("train",), "validation": ("validation", "val", "dev", "valid"), "test": ("test",)}
+
+
+def _natural_key(path: Path) -> tuple:
+    """12_7.txt after 2_3.txt: sort by the numbers in the name."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
+
+
+def _read_review(file: Path) -> str:
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise DataError(f"{file}: empty review")
+    return text
+
+
+# --- unlabelled, streaming (sentune predict) ---
+
+def read_texts(path: str, text_column: str = "text") -> Iterator[dict]:
+    """Stream rows to predict on: dicts with "text" plus the other columns; constant memory.
+
+    Plain text (.txt or any other extension) is one text per line, blank lines skipped; "-" reads
+    stdin as plain text, or as JSON Lines when the first line is a JSON object.
+    """
+    if path == "-":
+        yield from _stdin_texts(sys.stdin, text_column)
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = file_format(file)
+    try:
+        with open_text(file) as f:
+            if fmt in ("csv", "tsv"):
+                yield from _csv_texts(f, path, "," if fmt == "csv" else "\t", text_column)
+            elif fmt in ("jsonl", "json"):
+                yield from _jsonl_texts(f, path, text_column)
+            else:
+                yield from _plain_texts(f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read the file: {e}") from None
+
+
+def _plain_texts(lines) -> Iterator[dict]:
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if text.strip():
+            yield {"text": text}
+
+
+def _stdin_texts(stream, text_column: str) -> Iterator[dict]:
+    first = stream.readline()
+    if first.lstrip().startswith("{"):
+        import itertools
+
+        yield from _jsonl_texts(itertools.chain([first], stream), "stdin", text_column)
+    elif first:
+        import itertools
+
+        yield from _plain_texts(itertools.chain([first], stream))
+
+
+def _text_row(record: dict, where: str, text_column: str, path: str) -> dict:
+    if text_column not in record:
+        raise _missing_column(Path(path), text_column, list(record), where)
+    text = record[text_column]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: text in column {text_column!r} is empty or not a string")
+    out = {k: v for k, v in record.items() if k != text_column}
+    out["text"] = text
+    return out
+
+
+def _csv_texts(f, path: str, delimiter: str, text_column: str) -> Iterator[dict]:
+    reader = csv.reader(f, delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        if text_column not in header:
+            raise _missing_column(Path(path), text_column, header, f"{path}")
+        for values in reader:
+            if not values:
+                continue
+            where = f"{path} row {reader.line_num - 1}"
+            if len(values) != len(header):
+                raise DataError(f"{where}: {len(values)} fields, but the header has {len(header)}")
+            yield _text_row(dict(zip(header, values, strict=True)), where, text_column, path)
+    except csv.Error as e:
+        raise DataError(f"{path} line {reader.line_num}: cannot parse: {e}") from None
+
+
+def _jsonl_texts(lines, path: str, text_column: str) -> Iterator[dict]:
+    for line_no, line in enumerate(lines, start=1):
+        if line.strip():
+            where = f"{path} line {line_no}"
+            yield _text_row(_json_object(line, where), where, text_column, path)
