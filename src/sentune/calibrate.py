@@ -1,0 +1,107 @@
+"""Temperature scaling (Guo et al. 2017): one scalar T so that softmax(logits / T) is calibrated.
+
+`fit_temperature` minimizes the negative log-likelihood of validation logits over log T (so T stays
+positive) with L-BFGS; `calibrate_model` stores T in the model folder's config.json, under the
+`sentune` dict that `predict.Classifier` reads, so predict, serve and evaluate apply it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from sentune.errors import ConfigError, DataError, ModelError
+
+# Beyond these the validation set is separable or degenerate, and T would run off to 0 or infinity.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
+
+
+def fit_temperature(logits, labels, max_iter: int = 200) -> float:
+    """The T > 0 that minimizes mean NLL of softmax(logits / T) on (logits, labels)."""
+    import torch
+
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
+        raise ValueError(f"need logits (n, K) and n labels with n > 0, got {tuple(z.shape)} and {len(y)}")
+    lo, hi = np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.clamp(lo, hi).exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().clamp(lo, hi).exp())
+
+
+def nll_and_ece(logits, labels, temperature: float = 1.0) -> tuple[float, float]:
+    from sentune.evaluate import expected_calibration_error
+    from sentune.predict import softmax
+
+    probs = softmax(np.asarray(logits), temperature).astype(np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-300, None))))
+    return nll, expected_calibration_error(y, probs)
+
+
+def store_temperature(model_dir: str | Path, temperature: float) -> Path:
+    """Write `sentune.temperature` into config.json atomically (temporary sibling, then rename)."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from None
+    meta = config.get("sentune") or {}
+    meta["temperature"] = float(temperature)
+    config["sentune"] = meta
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.json.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ModelError(f"cannot write {path}: {e.strerror or e}; the model folder is unchanged") from None
+    return path
+
+
+def calibrate_model(
+    model_dir: str,
+    validation_file: str,
+    *,
+    split: str = "validation",
+    text_column: str = "text",
+    label_column: str = "label",
+    limit: int | None = None,
+    batch_size: int = 32,
+) -> dict:
+    """Fit T on the validation file's raw logits, store it, and return NLL/ECE before and after."""
+    from sentune.data import load_labelled
+    from sentune.predict import Classifier
+
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit must be >= 1")
+    clf = Classifier.load(model_dir, backend="torch")
+    rows, _ = load_labelled(validation_file, split=split, text_column=text_column, label_column=label_column,
+                            label_names=clf.labels, limit=limit)
+    if len(rows) < 2:
+        raise DataError(f"{validation_file}: need at least 2 labelled rows to fit a temperature, "
+                        f"got {len(rows)}")
+    logits = clf.logits(list(rows["text"]), batch_size=batch_size)  # raw: any stored T is not applied
+    labels = np.asarray(rows["label"], dtype=np.int64)
+    previous = clf.settings.temperature or 1.0
+    temperature = fit_temperature(logits, labels)
+    nll_before, ece_before = nll_and_ece(logits, labels, previous)
+    nll_after, ece_after = nll_and_ece(logits, labels, temperature)
+    store_temperature(model_dir, temperature)
+    return {"temperature": temperature, "previous_temperature": previous, "n": int(len(labels)),
+            "nll_before": nll_before, "nll_after": nll_after,
+            "ece_before": ece_before, "ece_after": ece_after, "validation_file": str(validation_file)}
