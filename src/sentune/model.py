@@ -124,7 +124,7 @@ def num_layers(model: nn.Module) -> int:
     return len(encoder_layers(model))
 
 
-def _prefix_modules(model: nn.Module, k: int) -> list[nn.Module]:
+def prefix_modules(model: nn.Module, k: int) -> list[nn.Module]:
     """Embeddings + layers 0..k-1 (nothing for k = 0)."""
     depth = num_layers(model)
     if not 0 <= k <= depth:
@@ -137,7 +137,7 @@ def _prefix_modules(model: nn.Module, k: int) -> list[nn.Module]:
 
 def freeze_layers(model: nn.Module, k: int) -> None:
     """Embeddings + encoder layers 0..k-1 get requires_grad=False; everything else trains."""
-    frozen = _prefix_modules(model, k)
+    frozen = prefix_modules(model, k)
     for p in model.parameters():
         p.requires_grad_(True)
     for module in frozen:
@@ -148,7 +148,7 @@ def freeze_layers(model: nn.Module, k: int) -> None:
 def set_frozen_eval(model: nn.Module, k: int) -> None:
     """Put the frozen prefix in eval mode (call right after `model.train()`): frozen layers never use dropout,
     so they are a fixed function of the input, which is what makes caching them exact."""
-    for module in _prefix_modules(model, k):
+    for module in prefix_modules(model, k):
         module.eval()
 
 
@@ -225,7 +225,7 @@ def _run_layers(model: nn.Module, layers, hidden: torch.Tensor, attention_mask: 
 def forward_prefix(model: nn.Module, k: int, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
     """Embeddings + layers 0..k-1 -> hidden states [B, T, H] (for k = 0: the embeddings' output)."""
-    _prefix_modules(model, k)  # validates k
+    prefix_modules(model, k)  # validates k
     hidden = model.base_model.embeddings(input_ids=input_ids)
     return _run_layers(model, encoder_layers(model)[:k], hidden, attention_mask)
 
@@ -233,7 +233,7 @@ def forward_prefix(model: nn.Module, k: int, input_ids: torch.Tensor,
 def forward_suffix(model: nn.Module, k: int, hidden: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
     """Layers k.. + head -> logits [B, num_labels]. `hidden` may be stored in a lower precision (cache)."""
-    _prefix_modules(model, k)
+    prefix_modules(model, k)
     hidden = hidden.to(next(model.parameters()).dtype)
     hidden = _run_layers(model, encoder_layers(model)[k:], hidden, attention_mask)
     return _head(model, hidden)

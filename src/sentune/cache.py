@@ -1,0 +1,243 @@
+"""The frozen-layer cache: run the frozen prefix (embeddings + layers 0..K-1, eval mode) once per example.
+
+Frozen layers in eval mode are a fixed function of the tokens, so their output can be computed once and
+reused in every epoch (and by later runs with the same fingerprint). Each example's hidden states are stored
+unpadded, one flat [tokens, H] tensor per split, and padded per batch again when read: with the model's own
+attention mask, real positions do not depend on how much padding a batch has, so the cached path gives the
+full model's logits (tests/test_cache.py).
+
+Where it lives (`mode`): `memory` (a tensor in RAM), `disk` (a memory-mapped file under `cache_dir`), `auto`
+(memory when it fits a RAM budget, else disk; either way it is also written to disk when there is room, so a
+later run reuses it), `off`. Files are content-addressed: the key covers the prefix weights, K, the exact
+token ids of the split, the storage dtype, the format version and the caller's `fingerprint_parts`, and are
+written under a temporary name then renamed, so a crash never leaves a half cache that is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sentune import model as model_lib
+from sentune.batches import BatchPlan, Feed, padded_length
+
+FORMAT_VERSION = 1
+RAM_FRACTION = 0.25  # auto keeps the cache in RAM when it needs at most this share of the available memory
+BUILD_BATCH = 64  # examples per prefix batch while building (forward only, length-sorted)
+# numpy has no bf16: files hold the raw bits as same-width integers
+_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+_NUMPY = {torch.bfloat16: np.int16, torch.float16: np.int16, torch.float32: np.int32}
+
+
+@dataclass
+class SplitCache:
+    """One split's cached prefix output: example i is rows offsets[i]:offsets[i] + lengths[i] of `flat`."""
+
+    flat: torch.Tensor  # [tokens, H]
+    offsets: np.ndarray
+    lengths: np.ndarray
+    status: str  # built | reused
+    path: Path | None  # the file on disk, if any
+
+
+def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: str | None,
+                fingerprint_parts: dict, device, dtype: torch.dtype = torch.bfloat16,
+                log: Callable[[str], None] = print) -> dict[str, Feed]:
+    """Feeds that yield the same batches as `feeds` but with `hidden` (cached layer-K input) for `input_ids`.
+
+    Call on the unwrapped model, after loading and freezing, before training; inside an autocast context the
+    prefix runs in that precision. K = 0 or mode `off` returns the feeds unchanged.
+    """
+    if k == 0 or mode == "off":
+        return dict(feeds)
+    start = time.perf_counter()
+    root = Path(cache_dir or default_cache_dir())
+    hidden_size = model.config.hidden_size
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    need = sum(int(f.lengths.sum()) for f in feeds.values()) * hidden_size * itemsize
+    in_memory = mode == "memory" or (mode == "auto" and need <= RAM_FRACTION * available_ram())
+    persist = mode == "disk" or (mode == "auto" and _disk_has_room(root, need))
+    model_key = _model_key(model, k, dtype, fingerprint_parts)
+    caches = {}
+    for split, feed in feeds.items():
+        path = root / f"prefix-{_digest(model_key, _tokens_digest(feed))}.bin"
+        caches[split] = _reuse(path, feed, hidden_size, dtype, in_memory) or _build(
+            model, k, feed, device, dtype, path if persist else None, in_memory)
+    log(_report(caches, k, model_lib.num_layers(model), need, dtype, in_memory, time.perf_counter() - start))
+    return {split: cached_feed(feeds[split], caches[split]) for split in feeds}
+
+
+def cached_feed(feed: Feed, cache: SplitCache) -> Feed:
+    """A feed with the same batch plan whose batches carry `hidden` [B, T, H] (stored dtype), not ids."""
+    flat, offsets, lengths = cache.flat, cache.offsets, cache.lengths
+
+    def collate(idx: np.ndarray, width: int) -> dict:
+        hidden = torch.zeros((len(idx), width, flat.shape[1]), dtype=flat.dtype)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = int(lengths[i])
+            hidden[row, :n] = flat[offsets[i]:offsets[i] + n]
+            mask[row, :n] = 1
+        return {"hidden": hidden, "attention_mask": mask}
+
+    return Feed(feed.plan, feed.labels, collate, padding=feed.padding, max_length=feed.max_length,
+                pad_to_multiple_of=feed.pad_to_multiple_of, input_ids=None)
+
+
+# ---- building and reusing ------------------------------------------------------------------------------
+def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | None,
+           in_memory: bool) -> SplitCache:
+    lengths = feed.lengths
+    offsets = _offsets(lengths)
+    shape = (int(lengths.sum()), model.config.hidden_size)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}") if path is not None else None
+    if tmp is not None:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+    if in_memory or tmp is None:
+        flat = torch.empty(shape, dtype=dtype)
+        _run_prefix(model, k, feed, device, flat, offsets)
+        if tmp is not None:
+            with open(tmp, "wb") as f:
+                np.save(f, flat.view(_BITS[dtype]).numpy())
+                f.flush()
+                os.fsync(f.fileno())
+    else:  # larger than the RAM budget: write straight into the file through a memory map
+        array = np.lib.format.open_memmap(tmp, "w+", _NUMPY[dtype], shape)
+        _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets)
+        array.flush()
+        del array
+    if tmp is not None:
+        _publish(tmp, path, feed)
+        if not in_memory:
+            flat = _load(path, dtype, mmap=True)
+    return SplitCache(flat, offsets, lengths, "built", path)
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: np.ndarray) -> None:
+    was_training = model.training
+    model.eval()  # the frozen layers are a fixed function only without dropout
+    plan = BatchPlan(feed.lengths, BUILD_BATCH, train=False, seed=0)
+    try:
+        with torch.inference_mode():
+            for idx in plan.batches(0):
+                width = padded_length(int(feed.lengths[idx].max()), "dynamic", feed.max_length, 8)
+                batch = feed.collate(idx, width)
+                hidden = model_lib.forward_prefix(model, k, batch["input_ids"].to(device),
+                                                  batch["attention_mask"].to(device))
+                hidden = hidden.to(device="cpu", dtype=flat.dtype)
+                for row, i in enumerate(idx):
+                    flat[offsets[i]:offsets[i] + feed.lengths[i]] = hidden[row, :feed.lengths[i]]
+    finally:
+        model.train(was_training)
+
+
+def _publish(tmp: Path, path: Path, feed: Feed) -> None:
+    """Data, then metadata, each renamed into place when complete: readers never see a half cache."""
+    os.replace(tmp, path)
+    meta = {"format": FORMAT_VERSION, "examples": int(len(feed.lengths)), "tokens": int(feed.lengths.sum())}
+    meta_tmp = path.with_name(f"{path.stem}.json.tmp-{os.getpid()}")
+    meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
+    os.replace(meta_tmp, path.with_suffix(".json"))
+
+
+def _reuse(path: Path, feed: Feed, hidden_size: int, dtype: torch.dtype,
+           in_memory: bool) -> SplitCache | None:
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        flat = _load(path, dtype, mmap=not in_memory)
+    except (OSError, ValueError):
+        return None  # unreadable: rebuild (and overwrite) it
+    tokens = int(feed.lengths.sum())
+    if meta.get("format") != FORMAT_VERSION or tuple(flat.shape) != (tokens, hidden_size):
+        return None
+    return SplitCache(flat, _offsets(feed.lengths), feed.lengths, "reused", path)
+
+
+def _load(path: Path, dtype: torch.dtype, mmap: bool) -> torch.Tensor:
+    array = np.load(path, mmap_mode="c" if mmap else None)  # "c": copy-on-write, the file is never modified
+    return torch.from_numpy(array).view(dtype)
+
+
+# ---- keys, budgets, report -----------------------------------------------------------------------------
+def default_cache_dir() -> str:
+    import platformdirs
+
+    return str(Path(platformdirs.user_cache_dir("sentune")) / "prefix")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def _model_key(model, k: int, dtype: torch.dtype, parts: dict) -> str:
+    """Identity of the prefix as a function: exact weights, K, attention kernel, dtypes, caller's parts."""
+    h = hashlib.sha256()
+    for module in model_lib.prefix_modules(model, k):
+        for name, tensor in module.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    extra = [FORMAT_VERSION, k, str(dtype), str(next(model.parameters()).dtype),
+             getattr(model.config, "_attn_implementation", None), parts]
+    return _digest(h.hexdigest(), json.dumps(extra, sort_keys=True, default=str))
+
+
+def _tokens_digest(feed: Feed) -> str:
+    h = hashlib.sha256(str(feed.max_length).encode())
+    h.update(feed.lengths.astype(np.int64).tobytes())
+    for ids in feed.input_ids:
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def available_ram() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else free pages from sysconf."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _disk_has_room(root: Path, need: int) -> bool:
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free > need * 1.1 + (256 << 20)
+
+
+def _report(caches: dict[str, SplitCache], k: int, depth: int, nbytes: int, dtype: torch.dtype,
+            in_memory: bool, seconds: float) -> str:
+    examples = sum(len(c.lengths) for c in caches.values())
+    tokens = sum(int(c.lengths.sum()) for c in caches.values())
+    built = [s for s, c in caches.items() if c.status == "built"]
+    reused = [s for s, c in caches.items() if c.status == "reused"]
+    action = ", ".join(x for x in (built and f"built {'+'.join(built)}",
+                                   reused and f"reused {'+'.join(reused)}") if x)
+    folders = {str(c.path.parent) for c in caches.values() if c.path is not None}
+    where = "memory" if in_memory else "disk (memory-mapped)"
+    disk = f", files in {', '.join(sorted(folders))}" if folders else ""
+    return (f"frozen-layer cache: layers 0-{k - 1} of {depth}, {examples:,} examples, {tokens:,} tokens, "
+            f"{nbytes / 1e6:,.1f} MB {str(dtype).removeprefix('torch.')}, {where}, {action} "
+            f"in {seconds:.1f} s{disk}")
