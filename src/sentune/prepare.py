@@ -1,0 +1,209 @@
+"""Everything `train` does before the first step: accelerator, data, model, feeds, optimizer, run dir."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sentune import config as config_lib
+from sentune import data, rundir
+from sentune import model as model_lib
+from sentune.config import Config
+from sentune.errors import ConfigError
+
+
+@dataclass
+class Prepared:
+    cfg: Config
+    accelerator: Any
+    splits: Any
+    model: torch.nn.Module
+    tokenizer: Any
+    feeds: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: torch.nn.Module
+    run_dir: Path
+    trainable: list = field(default_factory=list)
+    tracker: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+
+
+def prepare(cfg: Config) -> Prepared:
+    import transformers
+    from accelerate.utils import set_seed
+
+    transformers.utils.logging.disable_progress_bar()  # one bar per epoch is the only bar we want
+    acc = make_accelerator(cfg)
+
+    set_seed(cfg.train.seed)  # before the head is created: its random init depends on it
+    run_dir = resolve_run_dir(cfg, acc)
+    say = print if acc.is_main_process else (lambda *a, **k: None)
+    splits = data.load_splits(cfg.data, cfg.train.seed, cfg.train.select_on)
+    say(data_summary(splits))
+    model, tokenizer = model_lib.load_model(cfg.model, splits.label_names)
+    model.config.sentune = inference_settings(cfg)
+    model_lib.freeze_layers(model, cfg.model.freeze_layers)
+    trainable, total = model_lib.count_parameters(model)
+    say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
+        f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
+    feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"])
+    feeds = maybe_cache(cfg, model, feeds, splits, acc)
+    groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
+                                    cfg.train.layer_decay)
+    optimizer = model_lib.make_optimizer(groups, acc.device.type)
+    scheduler = make_scheduler(cfg, optimizer, len(feeds["train"]) // acc.num_processes)
+    model, optimizer = acc.prepare(model, optimizer)
+    p = Prepared(cfg=cfg, accelerator=acc, splits=splits, model=model, tokenizer=tokenizer, feeds=feeds,
+                 optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss(cfg, splits).to(acc.device),
+                 run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad])
+    if acc.is_main_process:
+        write_start(p)
+        p.tracker = make_tracker(cfg, run_dir)
+    return p
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """auto: bf16 where the hardware has it (no loss scaling needed), fp16 + GradScaler on older GPUs."""
+    if precision != "auto":
+        return {"fp32": "no"}.get(precision, precision)
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device_type == "cpu":
+        return "bf16" if cpu_has_bf16() else "no"
+    return "no"
+
+
+def cpu_has_bf16() -> bool:
+    # oneDNN answers whether it has fast bf16 kernels (AVX512-BF16/AMX, or AVX512 emulation).
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+
+    if cfg.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available()
+                                      and not torch.backends.mps.is_available())
+    device_type = "cpu" if cpu else ("cuda" if torch.cuda.is_available() else cfg.run.device)
+    precision = resolve_precision(cfg.train.precision, device_type)
+    if precision == "fp16" and device_type == "cpu":
+        raise ConfigError("--precision fp16 needs a GPU; on CPU use --precision bf16 or fp32")
+    return Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_steps=cfg.train.grad_accum)
+
+
+def resolve_run_dir(cfg: Config, acc) -> Path:
+    from accelerate.utils import broadcast_object_list
+
+    name = cfg.run.preset or Path(cfg.model.model).name
+    chosen = [str(cfg.run.output_dir or rundir.default_dir(name))]
+    if acc.num_processes > 1:
+        broadcast_object_list(chosen)  # every rank must agree on one timestamped directory
+    path = Path(chosen[0])
+    if acc.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def inference_settings(cfg: Config) -> dict:
+    """What `best/` must remember so predict/serve/export preprocess exactly as training did."""
+    return {"max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
+            "head_tokens": cfg.data.head_tokens,
+            "normalize_tweets": data.wants_tweet_normalization(cfg.model.model, cfg.data.normalize_tweets)}
+
+
+def build_feeds(cfg: Config, splits, tokenizer, normalize: bool) -> dict:
+    feeds = {}
+    for name in ("train", "validation", "test"):
+        split = getattr(splits, name)
+        if split is None:
+            continue
+        texts = [data.normalize_tweet(t) for t in split["text"]] if normalize else list(split["text"])
+        ids = data.encode_texts(tokenizer, texts, cfg.data.max_length, cfg.data.truncation, cfg.data.head_tokens)
+        bs = cfg.train.batch_size if name == "train" else (cfg.train.eval_batch_size or 2 * cfg.train.batch_size)
+        feeds[name] = make_split_feed(ids, list(split["label"]), bs, name == "train", cfg, tokenizer.pad_token_id)
+    return feeds
+
+
+def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
+    from sentune.batches import make_feed
+
+    return make_feed(ids, labels, batch_size=batch_size, train=train, seed=cfg.train.seed, pad_id=pad_id,
+                     padding=cfg.train.padding, max_length=cfg.data.max_length,
+                     pad_to_multiple_of=cfg.train.pad_to_multiple_of)
+
+
+def maybe_cache(cfg: Config, model, feeds: dict, splits, acc) -> dict:
+    k = cfg.model.freeze_layers
+    if cfg.train.cache == "off" or k == 0:
+        return feeds
+    from sentune.cache import cache_feeds
+
+    parts = {"model": cfg.model.model, "data": {s: v["fingerprint"] for s, v in splits.sources.items()},
+             "max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
+             "head_tokens": cfg.data.head_tokens, "normalize_tweets": model.config.sentune["normalize_tweets"],
+             "limits": [cfg.data.limit_train, cfg.data.limit_eval, cfg.data.validation_split, cfg.train.seed]}
+    return cache_feeds(model, k, feeds, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
+                       fingerprint_parts=parts, device=acc.device)
+
+
+def make_loss(cfg: Config, splits) -> torch.nn.Module:
+    weight = None
+    if cfg.train.class_weights == "balanced":
+        counts = torch.bincount(torch.tensor(splits.train["label"]), minlength=len(splits.label_names)).float()
+        weight = counts.sum() / (len(counts) * counts.clamp(min=1))  # sklearn's "balanced" formula
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
+
+
+def make_scheduler(cfg: Config, optimizer, batches_per_epoch: int):
+    if cfg.train.scheduler == "none":
+        return None
+    from transformers import get_scheduler
+
+    total = cfg.train.epochs * math.ceil(batches_per_epoch / cfg.train.grad_accum)
+    return get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
+                         num_training_steps=total)
+
+
+def make_tracker(cfg: Config, run_dir: Path):
+    if cfg.run.report_to != "tensorboard":
+        return None
+    from sentune.report import TensorboardLogger
+
+    return TensorboardLogger(run_dir)
+
+
+def data_summary(splits) -> str:
+    sizes = ", ".join(f"{name} {v['rows']:,}" for name, v in splits.sources.items())
+    return f"Data: {sizes}; labels: {', '.join(splits.label_names)}"
+
+
+def write_start(p: Prepared) -> None:
+    config_lib.save(p.cfg, p.run_dir / "config.yaml")
+    sources = {}
+    for name, info in p.splits.sources.items():
+        split = getattr(p.splits, name)
+        counts = torch.bincount(torch.tensor(split["label"]), minlength=len(p.splits.label_names)).tolist()
+        sources[name] = {**info, "label_counts": dict(zip(p.splits.label_names, counts, strict=True))}
+    rundir.atomic_write_json(p.run_dir / "manifest.json", {
+        "versions": rundir.versions(), "device": rundir.device_info(p.accelerator.device),
+        "precision": p.accelerator.mixed_precision, "num_processes": p.accelerator.num_processes,
+        "data": sources, "label_names": p.splits.label_names,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
