@@ -14,7 +14,7 @@ from sentune.cli import main
 
 
 def calibrated_sample(n: int = 3000, k: int = 3, seed: int = 0):
-    """Logits whose softmax is the true label distribution (so T = 1 is right for them), and labels drawn from it."""
+    """Logits whose softmax is the true label distribution (T = 1 is right), and labels drawn from it."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=1.5, size=(n, k))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
@@ -85,4 +85,5 @@ def test_calibrate_cli_stores_the_temperature_and_prints_before_after(neg_pos_mo
 def test_calibrate_cli_missing_file_is_one_line(neg_pos_model, tmp_path):
     result = CliRunner().invoke(main, ["calibrate", str(neg_pos_model), "--validation-file",
                                        str(tmp_path / "nope.jsonl")])
-    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: --validation-file {tmp_path / 'nope.jsonl'}: no such file")

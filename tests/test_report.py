@@ -70,8 +70,10 @@ def test_eval_report_embeds_plots_and_numbers(tmp_path):
     assert f"| accuracy | {metrics['accuracy']:.4f} |" in text
     assert f"| expected calibration error (15 bins) | {metrics['ece']:.4f} |" in text
     pos = metrics["per_class"]["pos"]
-    assert f"| pos | {pos['precision']:.4f} | {pos['recall']:.4f} | {pos['f1']:.4f} | {pos['support']} |" in text
-    assert "![confusion matrix](confusion_matrix.png)" in text and "![reliability diagram](reliability.png)" in text
+    row = f"| pos | {pos['precision']:.4f} | {pos['recall']:.4f} | {pos['f1']:.4f} | {pos['support']} |"
+    assert row in text
+    assert "![confusion matrix](confusion_matrix.png)" in text
+    assert "![reliability diagram](reliability.png)" in text
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 60
     assert_png(tmp_path / "confusion_matrix.png", report.CONFUSION_INCHES)
     assert_png(tmp_path / "reliability.png", report.RELIABILITY_INCHES)
@@ -150,7 +152,8 @@ def test_tensorboard_logs_every_present_scalar(monkeypatch, tmp_path):
         def close(self):
             logged.append("closed")
 
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    fake_module = types.SimpleNamespace(SummaryWriter=FakeWriter)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake_module)
     logger = report.TensorboardLogger(tmp_path)
     logger.log_epoch(ROWS[0])
     logger.close()

@@ -85,10 +85,12 @@ def calibrate_model(
 ) -> dict:
     """Fit T on the validation file's raw logits, store it, and return NLL/ECE before and after."""
     from sentune.data import load_labelled
+    from sentune.evaluate import require_file
     from sentune.predict import Classifier
 
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be >= 1")
+    require_file(validation_file, "--validation-file")
     clf = Classifier.load(model_dir, backend="torch")
     rows, _ = load_labelled(validation_file, split=split, text_column=text_column, label_column=label_column,
                             label_names=clf.labels, limit=limit)

@@ -148,6 +148,8 @@ def evaluate_model(
         raise ConfigError("--limit must be >= 1")
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
+    if test_file is not None:
+        require_file(test_file, "--test-file")
     source = dataset if dataset is not None else test_file
     clf = Classifier.load(model_dir, backend=backend)
     rows, label_names = load_labelled(
@@ -161,6 +163,12 @@ def evaluate_model(
     metrics["data"] = {"source": str(source), "split": split, "limit": limit}
     metrics["temperature"] = getattr(getattr(clf, "settings", None), "temperature", None)
     return metrics
+
+
+def require_file(path: str, flag: str) -> None:
+    """A missing file must not fall through to a Hub download attempt under the same name."""
+    if not Path(path).is_file():
+        raise DataError(f"{flag} {path}: no such file")
 
 
 def write_metrics(path: str | Path, metrics: dict) -> None:
