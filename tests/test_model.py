@@ -36,6 +36,32 @@ def test_suffix_of_prefix_equals_full_model(arch, k):
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_split_forward_gives_the_full_models_gradients(arch):
+    """Training through forward_logits (last layer for the first token only) = training the full model."""
+    model = build_model(arch, num_layers=DEPTH)
+    for module in model.modules():  # dropout off: both sides must compute the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for layer in M.encoder_layers(model):
+        layer.attention.self.dropout.p = 0.0
+    M.freeze_layers(model, 1)
+    model.train()
+    ids, mask = mixed_batch(arch)
+    labels = torch.tensor([0, 1, 1, 0, 1])
+
+    def grads(logits):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full = grads(model(input_ids=ids, attention_mask=mask).logits)
+    split = grads(M.forward_logits(model, {"input_ids": ids, "attention_mask": mask}, 1))
+    assert full.keys() == split.keys()
+    for name in full:
+        torch.testing.assert_close(split[name], full[name], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_real_positions_do_not_depend_on_extra_padding(arch):
     model = build_model(arch, num_layers=DEPTH).eval()
     ids, mask = mixed_batch(arch)
@@ -156,5 +182,10 @@ def test_unreachable_hub_counts_as_offline(monkeypatch):
 
 
 def test_unsupported_architecture_is_a_model_error():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
     with pytest.raises(ModelError, match="not supported"):
         M.encoder_layers(torch.nn.Linear(2, 2))
+    distil = DistilBertForSequenceClassification(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64))
+    with pytest.raises(ModelError, match="model type distilbert is not supported"):
+        M.freeze_layers(distil, 1)

@@ -54,11 +54,13 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
                 log: Callable[[str], None] = print) -> dict[str, Feed]:
     """Feeds that yield the same batches as `feeds` but with `hidden` (cached layer-K input) for `input_ids`.
 
-    Call on the unwrapped model, after loading and freezing, before training; inside an autocast context the
-    prefix runs in that precision. K = 0 or mode `off` returns the feeds unchanged.
+    Call on the unwrapped model, after loading and freezing, before training (the model is moved to `device`
+    in place); inside an autocast context the prefix runs in that precision. K = 0 or mode `off` returns the
+    feeds unchanged.
     """
     if k == 0 or mode == "off":
         return dict(feeds)
+    model.to(device)
     start = time.perf_counter()
     root = Path(cache_dir or default_cache_dir())
     hidden_size = model.config.hidden_size
