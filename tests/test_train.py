@@ -1,0 +1,113 @@
+"""End-to-end training on tiny random models: selection, early stopping, best-weight reload, run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from sentune import config
+from sentune.train import fit
+
+
+def tiny_cfg(model_dir, files, tmp_path, **flags):
+    base = {"model": str(model_dir), "train_file": str(files["train"]), "test_file": str(files["test"]),
+            "freeze_layers": 1, "max_length": 32, "batch_size": 16, "epochs": 2, "patience": 2,
+            "lr_encoder": 3e-3, "lr_head": 3e-3, "cache": "off", "progress": False,
+            "output_dir": str(tmp_path / "run")}
+    return config.resolve(None, None, {**base, **flags})
+
+
+def test_run_directory_is_complete_and_loads_in_a_pipeline(tiny_model_dir, toy_files, tmp_path):
+    from transformers import pipeline
+
+    p, state = fit(tiny_cfg(tiny_model_dir, toy_files, tmp_path, validation_file=str(toy_files["validation"])))
+    run = p.run_dir
+    assert config.load(run / "config.yaml") == p.cfg
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("epoch", "train_loss", "train_acc", "val_acc", "test_acc", "epoch_seconds",
+                "train_samples_per_second"):
+        assert all(key in r for r in rows)
+    assert all(r["test_acc"] is None for r in rows)  # selection on validation never looks at test per epoch
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {"versions", "device", "data", "started", "ended"} <= set(manifest)
+    assert manifest["data"]["train"]["rows"] == 64 and len(manifest["data"]["train"]["fingerprint"]) == 64
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["n"] == 24
+    clf = pipeline("text-classification", model=str(run / "best"), device="cpu")
+    assert clf("great excellent movie")[0]["label"] in {"neg", "pos"}
+    saved = json.loads((run / "best" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "neg", "1": "pos"} and saved["sentune"]["max_length"] == 32
+
+
+def test_final_weights_are_the_best_epochs(tiny_bert_dir, toy_files, tmp_path, monkeypatch):
+    from sentune import train
+
+    # Pretend only epoch 1 improved, so the last epoch's weights differ from the selected ones.
+    original_select = train.select
+    monkeypatch.setattr(train, "select", lambda state, row, on: original_select(state, row, on) if row["epoch"] == 1
+                        else bool(setattr(state, "stale", state.stale + 1)))
+    before_reload = {}
+    original_reload = train.reload_best
+    monkeypatch.setattr(train, "reload_best", lambda p: (before_reload.update(
+        {k: v.clone() for k, v in p.model.state_dict().items()}), original_reload(p)))
+    p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=3, patience=5, select_on="test"))
+    assert state.best_epoch == 1 and state.epoch == 3
+    best = load_file(str(p.run_dir / "best" / "model.safetensors"))
+    current = p.accelerator.unwrap_model(p.model).state_dict()
+    for name, tensor in best.items():
+        torch.testing.assert_close(current[name], tensor, rtol=0, atol=0)
+    assert any(not torch.equal(before_reload[n], best[n]) for n in best)  # training moved on after epoch 1
+
+
+def test_best_is_the_highest_accuracy(tiny_bert_dir, toy_files, tmp_path):
+    p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=3, patience=3, select_on="test"))
+    rows = [json.loads(line) for line in (p.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert state.best_acc == max(r["test_acc"] for r in rows)
+    assert state.best_epoch == 1 + [r["test_acc"] for r in rows].index(state.best_acc)
+
+
+def test_early_stopping_after_patience(tiny_bert_dir, toy_files, tmp_path):
+    # With LR 0 nothing changes, so accuracy never improves after epoch 1: stop after 1 + patience epochs.
+    p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=10, patience=2, lr_encoder=0.0,
+                            lr_head=0.0, select_on="test"))
+    assert state.epoch == 3 and state.best_epoch == 1
+
+
+def test_select_on_test_has_no_validation_split(tiny_bert_dir, toy_files, tmp_path):
+    p, _ = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=1, select_on="test"))
+    assert p.splits.validation is None
+    row = json.loads((p.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["val_acc"] is None and row["test_acc"] is not None
+
+
+def test_select_on_validation_carves_from_train(tiny_bert_dir, toy_files, tmp_path):
+    p, _ = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=1, validation_split=0.25))
+    assert len(p.splits.validation) == 16 and len(p.splits.train) == 48
+    assert set(p.splits.validation["text"]).isdisjoint(p.splits.train["text"])
+
+
+def test_optimizer_has_the_two_learning_rates(tiny_roberta_dir, toy_files, tmp_path):
+    p, _ = fit(tiny_cfg(tiny_roberta_dir, toy_files, tmp_path, epochs=1, lr_encoder=1e-5, lr_head=2e-4,
+                        weight_decay=0.05))
+    lrs = sorted({g["lr"] for g in p.optimizer.param_groups})
+    assert lrs == [1e-5, 2e-4]
+    assert all(g["weight_decay"] == 0.05 for g in p.optimizer.param_groups)
+    in_optimizer = {id(q) for g in p.optimizer.param_groups for q in g["params"]}
+    trainable = {id(q) for q in p.model.parameters() if q.requires_grad}
+    assert in_optimizer == trainable
+
+
+@pytest.mark.parametrize("flags", [
+    {"scheduler": "linear", "warmup_ratio": 0.2, "grad_accum": 2, "max_grad_norm": 1.0},
+    {"label_smoothing": 0.1, "class_weights": "balanced", "padding": "max_length"},
+])
+def test_recipe_options_run(tiny_bert_dir, toy_files, tmp_path, flags):
+    p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=1, **flags))
+    assert state.epoch == 1
+    saved = yaml.safe_load((p.run_dir / "config.yaml").read_text())
+    assert all(saved["train"][k] == v for k, v in flags.items())
