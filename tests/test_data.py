@@ -395,3 +395,43 @@ def test_random_bytes_give_rows_or_data_error(tmp_path, blob, ext):
             data.load_splits(cfg(train_file=str(path)), 0, "test")
         except DataError:
             pass
+
+
+# --- ClassLabel names (Hub datasets, Parquet written by `datasets`) ---
+
+def _classlabel_dataset(rows: list[dict], names: list[str]):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    return Dataset.from_list(rows, features=features)
+
+
+def test_hub_classlabel_names_give_the_label_order(monkeypatch):
+    from datasets import DatasetDict
+
+    from sentune import sources
+
+    names = ["pos", "neg"]  # not sorted: the ClassLabel order wins
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)]
+    unlabelled = [{"text": "u", "label": -1}]
+    fake = DatasetDict(train=_classlabel_dataset(rows, names), test=_classlabel_dataset(rows[:4], names),
+                       unsupervised=_classlabel_dataset(unlabelled, names))
+    monkeypatch.setattr(sources, "_load_dataset", lambda name, config: fake)
+    splits = data.load_splits(DataConfig(dataset="someone/reviews"), 0, "test")
+    assert splits.label_names == ["pos", "neg"]
+    assert list(splits.train["label"]) == [r["label"] for r in rows]
+    assert splits.sources["test"]["source"] == "hub:someone/reviews[test]"
+    dataset, mapped = data.load_labelled("someone/reviews", label_names=["neg", "pos"])
+    assert list(dataset["label"]) == [1, 0, 1, 0]
+
+
+def test_parquet_classlabel_metadata(tmp_path):
+    rows = [{"text": f"t{i}", "label": i % 3} for i in range(9)]
+    _classlabel_dataset(rows, ["negative", "neutral", "positive"]).to_parquet(tmp_path / "train.parquet")
+    splits = data.load_splits(cfg(train_file=str(tmp_path / "train.parquet")), 0, "test")
+    assert splits.label_names == ["negative", "neutral", "positive"]
+    assert list(splits.train["label"]) == [r["label"] for r in rows]
+
+
+def test_dataset_path_typo_is_not_a_hub_download(tmp_path):
+    _expect_error(DataConfig(dataset=str(tmp_path / "trian.csv")), "trian.csv", "no such file or folder")

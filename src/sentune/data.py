@@ -150,6 +150,8 @@ def _raw_splits(data: DataConfig) -> dict[str, RawSplit | None]:
         raw: dict[str, RawSplit | None] = {}
     elif data.dataset and (Path(data.dataset).exists() or data.dataset.startswith("package:")):
         raw = _local_source(data.dataset, *cols)
+    elif data.dataset and _looks_like_path(data.dataset):
+        raise DataError(f"--dataset {data.dataset}: no such file or folder")
     elif data.dataset:
         raw = load_hub_splits(data.dataset, data.dataset_config, *cols)
     else:
@@ -158,6 +160,13 @@ def _raw_splits(data: DataConfig) -> dict[str, RawSplit | None]:
         if file:
             raw[split] = read_labelled_file(Path(file), *cols)
     return raw
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec meant as a local path (so a typo is "no such file", not a Hub download attempt)."""
+    from sentune.readers import LABELLED_FORMATS, file_format
+
+    return spec.startswith((".", "/", "~")) or file_format(Path(spec)) in LABELLED_FORMATS
 
 
 def _local_source(spec: str, text_column: str, label_column: str) -> dict[str, RawSplit | None]:

@@ -80,7 +80,9 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
     try:
         rows = _RECORD_READERS[fmt](path)
         unit = "row" if fmt in ("csv", "tsv", "parquet") else "line"
-        return _collect(path, rows, text_column, label_column, unit)
+        raw = _collect(path, rows, text_column, label_column, unit)
+        names = parquet_class_names(path, label_column) if fmt == "parquet" else None
+        return _apply_class_names(raw, names) if names else raw
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:
@@ -180,17 +182,40 @@ def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise DataError(f"{path}: cannot read as Parquet: {e}") from None
     row = 0
-    for batch in parquet.iter_batches(batch_size=4096):
-        for record in batch.to_pylist():
-            row += 1
-            yield row, record
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: cannot read as Parquet (after row {row}): {e}") from None
+
+
+def parquet_class_names(path: Path, label_column: str) -> list[str] | None:
+    """ClassLabel names stored by `datasets` in a Parquet file's schema metadata, if any."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    try:
+        features = json.loads(metadata[b"huggingface"])["info"]["features"]
+        names = features[label_column]["names"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def _apply_class_names(raw: RawSplit, names: list[str]) -> RawSplit:
+    """Integer ids of a ClassLabel column -> their names (so label order and mapping follow the names)."""
+    for row, label in enumerate(raw.labels):
+        if not (_INT.fullmatch(label) and 0 <= int(label) < len(names)):
+            raise DataError(f"{raw.row_name(row)}: label {label!r} is not a class id of {', '.join(names)}")
+    raw.labels = [names[int(label)] for label in raw.labels]
+    raw.class_names = names
+    return raw
 
 
 _RECORD_READERS = {
