@@ -435,3 +435,5 @@ def test_parquet_classlabel_metadata(tmp_path):
 
 def test_dataset_path_typo_is_not_a_hub_download(tmp_path):
     _expect_error(DataConfig(dataset=str(tmp_path / "trian.csv")), "trian.csv", "no such file or folder")
+    with pytest.raises(DataError, match="trian.csv: no such file"):
+        data.load_labelled(str(tmp_path / "trian.csv"), label_names=["neg", "pos"])

@@ -89,6 +89,8 @@ def load_labelled(path_or_dataset: str, *, split: str = "test", dataset_config: 
         part = _local_source(str(path_or_dataset), text_column, label_column).get(split)
         if part is None:
             raise DataError(f"{path_or_dataset} has no {split} split")
+    elif _looks_like_path(path_or_dataset):
+        raise DataError(f"{path_or_dataset}: no such file or folder")
     else:
         part = load_hub_split(path_or_dataset, dataset_config, split, text_column, label_column)
     if label_names is None:
