@@ -1,0 +1,253 @@
+"""`Classifier`: one inference path (length-sorted dynamic batches) for predict, serve, export and evaluate.
+
+Works on any `save_pretrained` sequence-classification folder and on an ONNX export (`sentune export`).
+When `config.json` carries the `sentune` dict written by training (max_length, truncation, head_tokens,
+normalize_tweets, temperature), inputs are prepared exactly as in training and logits are calibrated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sentune.errors import ModelError
+
+ONNX_FILE = "model.onnx"
+BACKENDS = ("auto", "torch", "onnx")
+
+
+@dataclass
+class Settings:
+    """How inputs are prepared and logits turned into probabilities (from `config.json`'s `sentune` dict)."""
+
+    labels: list[str]
+    max_length: int
+    truncation: str = "head"
+    head_tokens: int = 128
+    normalize_tweets: bool = False
+    temperature: float | None = None
+
+
+def read_settings(path: str, config, tokenizer) -> Settings:
+    """Training metadata when present, else defaults that fit any plain save_pretrained folder."""
+    from sentune import data
+
+    meta = dict(getattr(config, "sentune", None) or {})
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    if "normalize_tweets" in meta:
+        normalize = bool(meta["normalize_tweets"])
+    else:
+        normalize = data.wants_tweet_normalization(path, "auto")
+    return Settings(
+        labels=labels,
+        max_length=int(meta.get("max_length") or default_max_length(config, tokenizer)),
+        truncation=meta.get("truncation", "head"),
+        head_tokens=int(meta.get("head_tokens", 128)),
+        normalize_tweets=normalize,
+        temperature=float(meta["temperature"]) if meta.get("temperature") else None,
+    )
+
+
+def default_max_length(config, tokenizer) -> int:
+    """min(tokenizer limit, 512), and never more positions than the model has."""
+    limit = min(int(tokenizer.model_max_length), 512)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        # RoBERTa-family models number positions from padding_idx + 1, so two positions are unusable.
+        offset = 2 if "roberta" in (config.model_type or "") or config.model_type == "camembert" else 0
+        limit = min(limit, int(positions) - offset)
+    return limit
+
+
+def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    if temperature:
+        logits = logits / temperature
+    logits = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def pad_batch(ids: Sequence[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad to the longest sequence of this batch only (dynamic padding)."""
+    width = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
+class TorchRunner:
+    """Logits from a PyTorch model under inference_mode; bf16 casts the weights (no autocast overhead)."""
+
+    def __init__(self, path: str, device: str, bf16: bool):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self.torch = torch
+        self.device = torch.device(device)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load a classification model from {path}: {e}") from None
+        self.model = model.to(self.device).eval()
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device),
+            )
+        return out.logits.float().cpu().numpy()
+
+
+class OnnxRunner:
+    """Logits from an ONNX Runtime session (`sentune export` output); needs no torch at run time."""
+
+    def __init__(self, path: str, device: str):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelError("the onnx backend needs onnxruntime: pip install 'sentune[export]'") from None
+        model_file = Path(path) / ONNX_FILE
+        if not model_file.is_file():
+            raise ModelError(f"no {ONNX_FILE} in {path}; create one with: sentune export {path} --format onnx")
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_file), options, providers=providers)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.input_names})[0]
+
+
+def pick_backend(path: Path, backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    has_torch = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+    return "torch" if has_torch or not (path / ONNX_FILE).is_file() else "onnx"
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Classifier:
+    """A text classifier ready to predict: `Classifier.load(path).predict(["great film"])`."""
+
+    def __init__(self, runner, tokenizer, settings: Settings, *, backend: str, device: str, name: str):
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.backend = backend
+        self.device = device
+        self.name = name
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", bf16: bool = False) -> Classifier:
+        """Load a save_pretrained folder (backend torch) or a `sentune export` folder (backend onnx).
+
+        backend "auto" picks torch when the folder has PyTorch weights, else onnx.
+        """
+        from transformers import AutoConfig, AutoTokenizer
+
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{path} is not a model folder (no config.json); pass a run's best/ folder "
+                             "or any save_pretrained classification model")
+        backend, device = pick_backend(folder, backend), pick_device(device)
+        try:
+            config = AutoConfig.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load the config or tokenizer from {path}: {e}") from None
+        settings = read_settings(str(folder), config, tokenizer)
+        runner = OnnxRunner(str(folder), device) if backend == "onnx" else TorchRunner(str(folder), device, bf16)
+        return cls(runner, tokenizer, settings, backend=backend, device=device, name=model_name(folder, config))
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.settings.labels)
+
+    @property
+    def max_length(self) -> int:
+        return self.settings.max_length
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids exactly as in training: tweet normalization, then head/tail truncation."""
+        from sentune import data
+
+        s = self.settings
+        if s.normalize_tweets:
+            texts = [data.normalize_tweet(t) for t in texts]
+        return data.encode_texts(self.tokenizer, list(texts), s.max_length, s.truncation, s.head_tokens)
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Raw logits (n, num_labels) in input order; batches are sorted by length to waste no padding."""
+        check_texts(texts)
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        ids = self.encode(texts)
+        out = np.zeros((len(ids), len(self.settings.labels)), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
+            out[rows] = self.runner(input_ids, mask)
+        return out
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Class probabilities (n, num_labels), columns in `labels` order, temperature applied when present."""
+        return softmax(self.logits(texts, batch_size), self.settings.temperature)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict]:
+        """Per text: {"label": best label, "score": its probability, "probs": {label: probability}}."""
+        return self.to_predictions(self.predict_proba(texts, batch_size))
+
+    def to_predictions(self, probs: np.ndarray) -> list[dict]:
+        labels = self.settings.labels
+        out = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": labels[best], "score": row[best], "probs": dict(zip(labels, row, strict=True))})
+        return out
+
+
+def check_texts(texts) -> None:
+    # A lone string would otherwise be classified character by character.
+    if isinstance(texts, str):
+        raise TypeError("pass a list of texts, e.g. clf.predict([text])")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i} is {type(t).__name__}, expected str")
+
+
+def model_name(folder: Path, config) -> str:
+    """The base model's name when recorded, else the folder's name (the run's name for a run's best/)."""
+    name = getattr(config, "_name_or_path", "") or ""
+    if name and not Path(name).exists():
+        return name  # a Hub id such as cardiffnlp/twitter-roberta-base-sentiment-latest
+    folder = folder.resolve()
+    return f"{folder.parent.name}/{folder.name}" if folder.name == "best" else folder.name
