@@ -1,0 +1,252 @@
+"""`sentune export`: a model folder -> ONNX (optionally int8), checked against PyTorch before it is kept.
+
+The export folder holds `model.onnx`, the tokenizer, `config.json` (labels and the resolved `sentune`
+preprocessing settings, so the ONNX model sees exactly the inputs PyTorch saw) and `export.json` (the
+parity numbers). It is written to a temporary sibling and renamed into place only when the parity check
+passes: int8 dynamic quantization is known to collapse some models, and a collapsed export never lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sentune.errors import ConfigError, ModelError
+from sentune.predict import ONNX_FILE, Classifier
+
+CHECK_LIMIT = 1000  # rows of --check-file used for the parity check
+
+BUILTIN_TEXTS = [
+    "I loved this movie, the acting was superb and the story kept me hooked.",
+    "Absolutely terrible. I want my two hours back.",
+    "It was fine, nothing special, but not bad either.",
+    "The plot made no sense and the dialogue was painfully bad.",
+    "What a wonderful surprise! Best film I have seen this year.",
+    "Boring, slow and far too long.",
+    "The soundtrack was great but the characters were flat.",
+    "I can't believe how good this was, I laughed and cried.",
+    "Worst customer service ever, never ordering again.",
+    "The package arrived on time and works as described.",
+    "@friend you have to watch this, it's amazing http://t.co/xyz",
+    "ugh monday again... why is everything so hard",
+    "Not bad at all, I would recommend it to my friends.",
+    "I hated every minute of it.",
+    "A masterpiece of modern cinema.",
+    "Meh.",
+    "The food was cold and the waiter was rude.",
+    "Great value for money, five stars!",
+    "I'm not sure how I feel about this ending.",
+    "This is the best day of my life!",
+    "Disappointing sequel that ruins the original.",
+    "The book is better, but the movie is still enjoyable.",
+    "Honestly one of the most beautiful things I've ever seen.",
+    "Stay away from this product, it broke after a day.",
+    "The weather is nice today.",
+    "I guess it was okay for a rainy afternoon.",
+    "Such a waste of talent, the cast deserved a better script.",
+    "Brilliant performances all around, especially the lead.",
+    "I fell asleep halfway through.",
+    "Thank you so much for your help, you made my day!",
+    "The update broke everything, what were they thinking?",
+    "It's a movie. It has actors. Things happen.",
+    "Fantastic! Can't wait for the next one.",
+    "Painfully predictable from start to finish.",
+    "A charming little film with a lot of heart.",
+    "The special effects looked cheap and dated.",
+    "I would watch it again without hesitation.",
+    "Not my cup of tea, but others may like it.",
+    "Horrible acting, horrible plot, horrible everything.",
+    "The kids loved it and so did we.",
+]
+
+
+@dataclass
+class Parity:
+    """How closely the exported model follows PyTorch fp32 on the check texts."""
+
+    n: int
+    agreement: float  # share of texts with the same label
+    max_prob_diff: float  # largest absolute difference of any class probability
+    reference_labels: dict  # label -> count under PyTorch
+    export_labels: dict  # label -> count under the export
+
+    def summary(self) -> str:
+        return (f"parity on {self.n} texts: label agreement {self.agreement:.2%}, "
+                f"max probability difference {self.max_prob_diff:.4f}")
+
+
+def default_output(model_dir: Path, quantize: str | None) -> Path:
+    suffix = "-onnx-int8" if quantize else "-onnx"
+    return model_dir.parent / (model_dir.resolve().name + suffix)
+
+
+def check_texts_from(path: str | None, text_column: str = "text") -> list[str]:
+    if path is None:
+        # Long texts too: truncation and long-sequence attention must survive the export.
+        long = [" ".join(BUILTIN_TEXTS[i : i + 12]) for i in range(0, len(BUILTIN_TEXTS), 4)]
+        return BUILTIN_TEXTS + long
+    from sentune import data
+
+    texts = []
+    for row in data.read_texts(path, text_column):
+        texts.append(row["text"])
+        if len(texts) >= CHECK_LIMIT:
+            break
+    if not texts:
+        raise ConfigError(f"--check-file {path} has no texts")
+    return texts
+
+
+def export_onnx(model_dir: Path, onnx_path: Path) -> None:
+    """torch.onnx.export (dynamo exporter: the legacy tracer bakes the attention mask in as a constant)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    ids = torch.full((2, 16), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    dynamic = {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}  # batch and sequence axes
+    try:
+        with quiet(), torch.no_grad():
+            torch.onnx.export(
+                Logits(model), (ids, mask), str(onnx_path), dynamo=True, external_data=False,
+                input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                dynamic_shapes=(dynamic, dynamic),
+            )
+    except Exception as e:  # an architecture the exporter cannot handle: say which, keep the cause chained
+        raise ModelError(f"cannot export {type(model).__name__} from {model_dir} to ONNX: {e}") from e
+
+
+@contextlib.contextmanager
+def quiet():
+    """The exporter and quantizer talk on stdout, through warnings and loggers; their errors still raise."""
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+            root.setLevel(level)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization of the weights (activations quantized on the fly) with onnxruntime."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def write_companions(model_dir: Path, out: Path, reference: Classifier) -> None:
+    """Tokenizer + config with the resolved preprocessing, so the export prepares inputs like PyTorch did."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    s = reference.settings
+    config.sentune = {**(getattr(config, "sentune", None) or {}), "max_length": s.max_length,
+                      "truncation": s.truncation, "head_tokens": s.head_tokens,
+                      "normalize_tweets": s.normalize_tweets}
+    config.save_pretrained(out)
+    reference.tokenizer.save_pretrained(out)
+
+
+def parity(reference: Classifier, exported: Classifier, texts: list[str], batch_size: int = 32) -> Parity:
+    ref, got = reference.predict_proba(texts, batch_size), exported.predict_proba(texts, batch_size)
+    labels = reference.labels
+
+    def counts(probs: np.ndarray) -> dict:
+        return {labels[i]: int(c) for i, c in zip(*np.unique(probs.argmax(1), return_counts=True), strict=True)}
+
+    return Parity(
+        n=len(texts),
+        agreement=float((ref.argmax(1) == got.argmax(1)).mean()),
+        max_prob_diff=float(np.abs(ref - got).max()),
+        reference_labels=counts(ref),
+        export_labels=counts(got),
+    )
+
+
+def failure_message(p: Parity, min_agreement: float, quantize: str | None) -> str:
+    msg = (f"the exported model agrees with PyTorch on only {p.agreement:.2%} of {p.n} labels "
+           f"(minimum {min_agreement:.2%}; max probability difference {p.max_prob_diff:.4f})")
+    if len(p.export_labels) < len(p.reference_labels):
+        msg += f"; it collapsed onto {', '.join(p.export_labels)} (PyTorch: {p.reference_labels})"
+    if quantize:
+        msg += "; int8 quantization does not suit this model: export without --quantize"
+    return msg + ", or lower --min-agreement to accept it anyway. Nothing was written."
+
+
+def export(model_dir: str | Path, output: str | Path | None = None, *, fmt: str = "onnx",
+           quantize: str | None = None, check_file: str | None = None, text_column: str = "text",
+           min_agreement: float = 0.99, overwrite: bool = False) -> tuple[Path, Parity]:
+    """Export, check parity, and move the result into `output` atomically. Returns (output, parity)."""
+    if fmt != "onnx":
+        raise ConfigError(f"unknown export format {fmt!r}; only onnx is supported")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"unknown --quantize {quantize!r}; only int8 is supported")
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ConfigError("--min-agreement must be between 0 and 1")
+    model_dir = Path(model_dir)
+    out = Path(output) if output else default_output(model_dir, quantize)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose --output")
+    texts = check_texts_from(check_file, text_column)
+    reference = Classifier.load(model_dir, backend="torch", device="cpu")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(model_dir, tmp, reference, quantize)
+        result = parity(reference, Classifier.load(tmp, backend="onnx", device="cpu"), texts)
+        if result.agreement < min_agreement:
+            raise ModelError(failure_message(result, min_agreement, quantize))
+        info = {"format": fmt, "quantize": quantize, "source": str(model_dir.resolve()), **asdict(result)}
+        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out, result
+
+
+def build(model_dir: Path, tmp: Path, reference: Classifier, quantize: str | None) -> None:
+    write_companions(model_dir, tmp, reference)
+    if quantize:
+        fp32 = tmp / "model-fp32.onnx"
+        export_onnx(model_dir, fp32)
+        quantize_int8(fp32, tmp / ONNX_FILE)
+        fp32.unlink()
+    else:
+        export_onnx(model_dir, tmp / ONNX_FILE)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename src to dst; an existing dst is moved aside first and removed only after the swap."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
