@@ -48,7 +48,7 @@ def config_options(command):
             continue  # declared explicitly on the command
         base = config_lib.base_type(tp)
         default = f.default
-        help_text = f"[{section}] default: {default!r}"
+        help_text = f"{f.metadata.get('help', '')} [default: {default}]"
         if f.name in config_lib.CHOICES:
             kind = click.Choice(config_lib.CHOICES[f.name])
         else:
@@ -103,6 +103,7 @@ def evaluate(model_dir: str, output: str | None, output_dir: str | None, **optio
 
     from sentune import evaluate as evaluate_lib
 
+    quiet_transformers()
     metrics = evaluate_lib.evaluate_model(model_dir, **options)
     for line in evaluate_lib.summary_lines(metrics):
         click.echo(line)
@@ -118,13 +119,16 @@ def evaluate(model_dir: str, output: str | None, output_dir: str | None, **optio
 # ---- calibrate (owner: evaluation engineer) ----------------------------------------------------------
 @main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--validation-file", type=click.Path(dir_okay=False), required=True,
+@click.option("--validation-file", type=click.Path(dir_okay=False), default=None,
               help="labelled held-out data (never the test set) to fit the temperature on")
+@click.option("--dataset", type=str, default=None, help="or: a Hub name / local folder / package: source ...")
+@click.option("--split", type=str, default="validation", show_default=True, help="... and its split to use")
+@click.option("--dataset-config", type=str, default=None, help="Hub dataset configuration name")
 @click.option("--text-column", type=str, default="text", show_default=True)
 @click.option("--label-column", type=str, default="label", show_default=True)
 @click.option("--limit", type=int, default=None, help="use a seeded, label-stratified sample of N rows")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-def calibrate(model_dir: str, validation_file: str, **options) -> None:
+def calibrate(model_dir: str, validation_file: str | None, **options) -> None:
     """Fit temperature scaling on validation data and store T in MODEL_DIR/config.json.
 
     predict, serve and evaluate then apply it. Prints NLL and ECE before and after.
@@ -133,10 +137,113 @@ def calibrate(model_dir: str, validation_file: str, **options) -> None:
 
     from sentune.calibrate import calibrate_model
 
+    quiet_transformers()
     result = calibrate_model(model_dir, validation_file, **options)
     click.echo(f"temperature: {result['previous_temperature']:.4f} -> {result['temperature']:.4f} "
-               f"(fitted on {result['n']} rows of {validation_file})")
+               f"(fitted on {result['n']} rows of {result['data']['source']})")
     click.echo(f"NLL: {result['nll_before']:.4f} -> {result['nll_after']:.4f}")
     click.echo(f"ECE: {result['ece_before']:.4f} -> {result['ece_after']:.4f}")
     click.echo(f"stored in {model_dir}/config.json (sentune.temperature)")
     click.echo(json.dumps(result))
+
+
+# ---- predict / export / serve (owner: inference engineer) --------------------------------------------
+def quiet_transformers() -> None:
+    """No weight-loading progress bars on the terminal for inference commands."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", type=str, default=None,
+              help="txt (one text per line), csv, tsv or jsonl(.gz) file; - reads stdin")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="write here instead of stdout")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--text-column", type=str, default="text", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
+              help="auto: torch when MODEL_DIR has PyTorch weights, else onnx")
+@click.option("--bf16/--no-bf16", default=False, show_default=True, help="bfloat16 weights (torch backend)")
+def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, output: str | None, fmt: str,
+            text_column: str, batch_size: int, backend: str, bf16: bool) -> None:
+    """Classify TEXTs or a file: one JSON line (or CSV row) per text with label, score and probs.
+
+    Records carry the input's other columns, else an `id`. With a `label` column in the input, the
+    accuracy is printed at the end (stderr).
+    """
+    import time
+
+    from sentune.data import read_texts
+    from sentune.errors import ConfigError
+    from sentune.predict import Classifier
+    from sentune.predict_files import write_predictions
+
+    if bool(texts) == bool(input_path):
+        raise ConfigError("give either TEXT arguments or --input FILE (--input - reads stdin)")
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be >= 1")
+    quiet_transformers()
+    clf = Classifier.load(model_dir, backend=backend, bf16=bf16)
+    rows = ({"text": t} for t in texts) if texts else read_texts(input_path, text_column)
+    start = time.perf_counter()
+    with click.open_file(output or "-", "w", encoding="utf-8", lazy=False) as out:
+        accuracy = write_predictions(clf, rows, out, fmt=fmt, batch_size=batch_size,
+                                     progress=input_path not in (None, "-"))
+    if input_path not in (None, "-"):
+        click.echo(f"{input_path}: {accuracy.rows} texts in {time.perf_counter() - start:.1f} s", err=True)
+    if accuracy.summary():
+        click.echo(accuracy.summary(), err=True)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="dynamic int8 quantization")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="export folder (default: MODEL_DIR-onnx, or MODEL_DIR-onnx-int8)")
+@click.option("--check-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="texts (txt/csv/jsonl) for the parity check; default: built-in sentences")
+@click.option("--text-column", type=str, default="text", show_default=True)
+@click.option("--min-agreement", type=float, default=0.99, show_default=True,
+              help="fail when fewer labels than this agree with PyTorch")
+@click.option("--overwrite", is_flag=True, help="replace an existing export folder")
+def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, check_file: str | None,
+           text_column: str, min_agreement: float, overwrite: bool) -> None:
+    """Export MODEL_DIR to ONNX (dynamic batch and sequence axes), checked against PyTorch.
+
+    The folder also holds the tokenizer and config, so `predict`/`serve --backend onnx` use it directly.
+    """
+    from sentune.export import export as export_model
+
+    quiet_transformers()
+    out, parity = export_model(model_dir, output, fmt=fmt, quantize=quantize, check_file=check_file,
+                               text_column=text_column, min_agreement=min_agreement, overwrite=overwrite)
+    click.echo(parity.summary())
+    click.echo(f"exported to {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--host", type=str, default="127.0.0.1", show_default=True, help="0.0.0.0 exposes it to the network")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="texts per model call when requests are micro-batched")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="how long the first request waits for others to join its batch")
+@click.option("--max-texts", type=click.IntRange(min=1), default=256, show_default=True, help="texts per request")
+@click.option("--max-chars", type=click.IntRange(min=1), default=20_000, show_default=True, help="characters per text")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
+def serve(model_dir: str, host: str, port: int, backend: str, max_batch: int, max_wait_ms: float,
+          max_texts: int, max_chars: int, max_body_bytes: int) -> None:
+    """Serve MODEL_DIR over HTTP: POST /predict, GET /health, GET /metadata, a web page at /, docs at /docs."""
+    from sentune.serve import Limits
+    from sentune.serve import serve as serve_model
+
+    quiet_transformers()
+    limits = Limits(max_body_bytes=max_body_bytes, max_texts=max_texts, max_chars=max_chars)
+    serve_model(model_dir, host=host, port=port, backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                limits=limits, log=lambda line: click.echo(line, err=True))

