@@ -87,3 +87,17 @@ def test_calibrate_cli_missing_file_is_one_line(neg_pos_model, tmp_path):
                                        str(tmp_path / "nope.jsonl")])
     assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1] == (
         f"error: --validation-file {tmp_path / 'nope.jsonl'}: no such file")
+
+
+def test_calibrate_cli_on_a_dataset_folder_split(neg_pos_model, toy_files):
+    folder = toy_files["validation"].parent  # holds train/validation/test.jsonl
+    result = CliRunner().invoke(main, ["calibrate", str(neg_pos_model), "--dataset", str(folder),
+                                       "--split", "validation", "--limit", "12"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 12 and summary["data"]["split"] == "validation"
+
+
+def test_calibrate_cli_needs_exactly_one_source(neg_pos_model, toy_files):
+    result = CliRunner().invoke(main, ["calibrate", str(neg_pos_model)])
+    assert result.exit_code == 2 and "--validation-file" in result.stderr.strip().splitlines()[-1]

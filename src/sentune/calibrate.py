@@ -75,28 +75,33 @@ def store_temperature(model_dir: str | Path, temperature: float) -> Path:
 
 def calibrate_model(
     model_dir: str,
-    validation_file: str,
+    validation_file: str | None = None,
     *,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
     split: str = "validation",
     text_column: str = "text",
     label_column: str = "label",
     limit: int | None = None,
     batch_size: int = 32,
 ) -> dict:
-    """Fit T on the validation file's raw logits, store it, and return NLL/ECE before and after."""
+    """Fit T on held-out raw logits (a file, or a dataset's split), store it, return NLL/ECE before and after."""
     from sentune.data import load_labelled
     from sentune.evaluate import require_file
     from sentune.predict import Classifier
 
+    if (validation_file is None) == (dataset is None):
+        raise ConfigError("give exactly one of --validation-file FILE or --dataset NAME_OR_PATH (with --split)")
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be >= 1")
-    require_file(validation_file, "--validation-file")
+    if validation_file is not None:
+        require_file(validation_file, "--validation-file")
+    source = validation_file or dataset
     clf = Classifier.load(model_dir, backend="torch")
-    rows, _ = load_labelled(validation_file, split=split, text_column=text_column, label_column=label_column,
-                            label_names=clf.labels, limit=limit)
+    rows, _ = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
+                            label_column=label_column, label_names=clf.labels, limit=limit)
     if len(rows) < 2:
-        raise DataError(f"{validation_file}: need at least 2 labelled rows to fit a temperature, "
-                        f"got {len(rows)}")
+        raise DataError(f"{source}: need at least 2 labelled rows to fit a temperature, got {len(rows)}")
     logits = clf.logits(list(rows["text"]), batch_size=batch_size)  # raw: any stored T is not applied
     labels = np.asarray(rows["label"], dtype=np.int64)
     previous = clf.settings.temperature or 1.0
@@ -105,5 +110,5 @@ def calibrate_model(
     nll_after, ece_after = nll_and_ece(logits, labels, temperature)
     store_temperature(model_dir, temperature)
     return {"temperature": temperature, "previous_temperature": previous, "n": int(len(labels)),
-            "nll_before": nll_before, "nll_after": nll_after,
-            "ece_before": ece_before, "ece_after": ece_after, "validation_file": str(validation_file)}
+            "nll_before": nll_before, "nll_after": nll_after, "ece_before": ece_before,
+            "ece_after": ece_after, "data": {"source": str(source), "split": split, "limit": limit}}
