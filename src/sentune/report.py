@@ -108,6 +108,7 @@ def plot_curves(metrics_rows: list[dict], best_epoch: int | None, path: str | Pa
         if best_epoch is not None:
             ax.axvline(best_epoch, color="gray", linestyle="--", label=f"selected (epoch {best_epoch})")
         ax.set(title=title, xlabel="epoch")
+        ax.margins(x=0.1)  # keep the selected-epoch line off the frame when it is the last epoch
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -229,7 +230,9 @@ def _config_section(cfg: dict, manifest: dict) -> list[str]:
         lines += [f"| {name} | `{values[name]}` |" for name in names if values.get(name) is not None]
     device = manifest.get("device") or {}
     if device:
-        lines.append(f"| device | {device.get('type', '')} {device.get('name', '')} |".replace("  ", " "))
+        precision = f" ({manifest['precision']})" if manifest.get("precision") else ""
+        name = " ".join(str(x) for x in (device.get("type"), device.get("name")) if x)
+        lines.append(f"| device | {name}{precision} |")
     versions = manifest.get("versions") or {}
     if versions:
         lines.append("| versions | " + ", ".join(f"{k} {v}" for k, v in versions.items()) + " |")
