@@ -40,6 +40,12 @@ def test_predict_texts_matches_the_classifier(client, classifier):
         assert sum(g["probs"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_json_without_json_content_type_is_accepted(client):
+    r = client.post("/predict", content=b'{"text": "good film"}',
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+
 def test_predict_single_text(client, classifier):
     r = client.post("/predict", json={"text": "good film"})
     assert r.status_code == 200
@@ -66,6 +72,7 @@ def test_health_metadata_docs_and_page(client, classifier):
 BAD_REQUESTS = {
     "malformed JSON": (400, dict(content=b'{"texts": ["a",', headers={"content-type": "application/json"})),
     "not JSON at all": (400, dict(content=b"hello", headers={"content-type": "application/json"})),
+    "malformed JSON, form content type": (400, dict(content=b"{bad", headers={"content-type": "text/plain"})),
     "texts is a string": (422, dict(json={"texts": "good film"})),
     "texts holds numbers": (422, dict(json={"texts": ["ok", 3]})),
     "text is a number": (422, dict(json={"text": 5})),

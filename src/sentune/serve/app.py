@@ -49,7 +49,11 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 
 class BodyLimit:
-    """ASGI middleware: reads at most `max_bytes` of a request body, else answers 413 before parsing."""
+    """ASGI middleware: reads at most `max_bytes` of a request body, else answers 413 before parsing.
+
+    Bodies are always read as JSON: `curl -d '{...}'` sends a form content type, which would otherwise
+    reach the endpoint as unparsed bytes and give a confusing error.
+    """
 
     def __init__(self, app, max_bytes: int):
         self.app = app
@@ -80,6 +84,8 @@ class BodyLimit:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         return await self.app(scope, replay, send)
 
 
