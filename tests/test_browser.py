@@ -1,0 +1,103 @@
+"""The web page in a real browser: headless Chromium (Debian package) driven by Playwright.
+
+Starts `sentune serve`'s app with uvicorn on a free loopback port, types a text, clicks Predict and
+checks that the label and one bar per class appear. Set SENTUNE_SCREENSHOT=path.png to keep a
+screenshot of the result (docs/serve-page.png is made this way).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tiny_trained import train_tiny
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"{CHROMIUM} not found: apt-get install chromium chromium-driver to run the browser test",
+)
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    import uvicorn
+
+    from sentune.predict import Classifier
+    from sentune.serve import Limits, create_app
+
+    model_dir = train_tiny(tmp_path_factory.mktemp("model"))
+    app = create_app(Classifier.load(model_dir), limits=Limits(max_chars=500))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def page(server_url):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the test extra)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 900, "height": 640})
+        page.goto(server_url + "/")
+        yield page
+        browser.close()
+
+
+def api_prediction(url: str, text: str) -> dict:
+    import json
+
+    request = urllib.request.Request(url + "/predict", data=json.dumps({"text": text}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.load(r)["predictions"][0]
+
+
+def test_page_shows_label_and_a_bar_per_class(page, server_url):
+    text = "a great film, I loved the acting and the story was brilliant"
+    page.wait_for_function("document.getElementById('model').textContent.includes('labels')")
+    assert "neg, pos" in page.text_content("#model")
+    page.fill("#text", text)
+    page.click("#predict")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    want = api_prediction(server_url, text)
+    assert page.text_content("#label") == want["label"]
+    bars = page.query_selector_all("#bars .bar")
+    assert [b.get_attribute("data-label") for b in bars] == ["neg", "pos"]
+    for bar in bars:
+        share = 100 * want["probs"][bar.get_attribute("data-label")]
+        assert bar.query_selector(".value").text_content() == f"{share:.1f}%"
+        # The drawn bar, not just its style: its share of the track is the class probability.
+        drawn = bar.query_selector(".fill").evaluate(
+            "e => e.getBoundingClientRect().width / e.parentElement.getBoundingClientRect().width")
+        assert 100 * drawn == pytest.approx(share, abs=0.5)
+    best = page.query_selector("#bars .bar.best")
+    assert best.get_attribute("data-label") == want["label"]
+    if os.environ.get("SENTUNE_SCREENSHOT"):
+        page.screenshot(path=os.environ["SENTUNE_SCREENSHOT"], full_page=True)
+
+
+def test_page_shows_api_errors(page):
+    page.fill("#text", "x" * 600)  # over the server's 500-character limit
+    page.click("#predict")
+    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    assert "limit is 500" in page.text_content("#error")
