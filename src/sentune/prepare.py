@@ -46,6 +46,7 @@ def prepare(cfg: Config) -> Prepared:
     from accelerate.utils import set_seed
 
     transformers.utils.logging.disable_progress_bar()  # one bar per epoch is the only bar we want
+    transformers.utils.logging.set_verbosity_error()  # the new head's "MISSING weights" report is expected
     acc = make_accelerator(cfg)
 
     set_seed(cfg.train.seed)  # before the head is created: its random init depends on it
