@@ -85,6 +85,17 @@ def test_forward_logits_takes_tokens_or_hidden():
     torch.testing.assert_close(cached, full, atol=5e-2, rtol=0)
 
 
+def test_split_model_is_forward_logits_as_a_module():
+    model = build_model("roberta", num_layers=DEPTH).eval()
+    ids, mask = mixed_batch("roberta")
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        direct = M.forward_logits(model, batch, 2)
+        split = M.SplitModel(model, 2)
+        torch.testing.assert_close(M.forward_logits(split, batch, 2), direct, atol=0, rtol=0)
+    assert {n for n, _ in split.named_parameters()} == {f"model.{n}" for n, _ in model.named_parameters()}
+
+
 def frozen_names(model) -> set[str]:
     return {n for n, p in model.named_parameters() if not p.requires_grad}
 

@@ -32,7 +32,7 @@ from sentune.batches import BatchPlan, Feed, padded_length
 
 FORMAT_VERSION = 1
 RAM_FRACTION = 0.25  # auto keeps the cache in RAM when it needs at most this share of the available memory
-BUILD_BATCH = 64  # examples per prefix batch while building (forward only, length-sorted)
+BUILD_BATCH = 32  # examples per prefix batch while building (forward only, length-sorted)
 # numpy has no bf16: files hold the raw bits as same-width integers
 _BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
 _NUMPY = {torch.bfloat16: np.int16, torch.float16: np.int16, torch.float32: np.int32}

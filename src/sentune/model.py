@@ -286,10 +286,28 @@ def forward_logits(model: nn.Module, batch: dict, k: int) -> torch.Tensor:
     """Logits for a batch: cached batches (`hidden`) run the suffix only, token batches prefix then suffix.
 
     Token batches take the same suffix code as cached ones, so both paths draw the same dropout masks and a
-    run with the cache learns exactly what a run without it learns (tests/test_cache.py).
+    run with the cache learns exactly what a run without it learns (tests/test_cache.py). `model` is the
+    classifier, or a `SplitModel` (wrapped by DistributedDataParallel or not).
     """
-    model = getattr(model, "module", model)  # a DistributedDataParallel/compiled wrapper
+    inner = getattr(model, "module", model)
+    if isinstance(inner, SplitModel):
+        return model(batch)  # through the wrapper, so DDP's gradient hooks see the call
+    if inner is not model:
+        raise TypeError("forward_logits got a wrapped classifier; wrap it in SplitModel before "
+                        "DistributedDataParallel so gradients are synchronised")
     hidden = batch.get("hidden")
     if hidden is None:
         hidden = forward_prefix(model, k, batch["input_ids"], batch["attention_mask"])
     return forward_suffix(model, k, hidden, batch["attention_mask"])
+
+
+class SplitModel(nn.Module):
+    """The classifier as one module whose forward is `forward_logits`: what multi-process training wraps
+    (DistributedDataParallel must see the forward call); `.model` is the classifier to save."""
+
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return forward_logits(self.model, batch, self.k)
