@@ -137,3 +137,18 @@ def test_evaluate_cli_user_errors_are_one_line(neg_pos_model, tiny_bert_dir, toy
     assert unseen.exit_code == 2, unseen.output
     assert unseen.stderr.strip().splitlines()[-1].startswith("error:")
     assert "Traceback" not in unseen.output
+
+
+def test_evaluate_reports_ece_and_nll_with_and_without_the_stored_temperature(neg_pos_model, toy_files, tmp_path):
+    from sentune.calibrate import store_temperature
+
+    args = ["evaluate", str(neg_pos_model), "--test-file", str(toy_files["test"])]
+    plain = json.loads(CliRunner().invoke(main, args).stdout.strip().splitlines()[-1])
+    assert plain["temperature"] is None and "uncalibrated" not in plain
+    store_temperature(neg_pos_model, 0.5)
+    result = CliRunner().invoke(main, args + ["--output-dir", str(tmp_path / "out")])
+    scaled = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scaled["temperature"] == 0.5 and scaled["accuracy"] == plain["accuracy"]
+    assert scaled["uncalibrated"] == pytest.approx({"ece": plain["ece"], "nll": plain["nll"]})
+    assert scaled["nll"] != pytest.approx(plain["nll"])
+    assert f"ECE {plain['ece']:.4f} (now {scaled['ece']:.4f})" in (tmp_path / "out" / "report.md").read_text()

@@ -119,6 +119,10 @@ def summary_lines(metrics: dict) -> list[str]:
         f"macro-recall={metrics['macro_recall']:.4f}  ECE={metrics['ece']:.4f}  NLL={metrics['nll']:.4f}",
         f"{'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]
+    raw = metrics.get("uncalibrated")
+    if raw:
+        lines.insert(1, f"temperature T={metrics['temperature']:.4f}: ECE {raw['ece']:.4f} -> {metrics['ece']:.4f}, "
+                        f"NLL {raw['nll']:.4f} -> {metrics['nll']:.4f} (T=1 -> stored T)")
     for name, row in metrics["per_class"].items():
         lines.append(f"{name[:16]:<16}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
                      f"{row['support']:>10d}")
@@ -140,7 +144,7 @@ def evaluate_model(
 ) -> dict:
     """Predict a labelled split with the model and score it: `compute_metrics` + model, data, temperature."""
     from sentune.data import load_labelled
-    from sentune.predict import Classifier
+    from sentune.predict import Classifier, softmax
 
     if (dataset is None) == (test_file is None):
         raise ConfigError("give exactly one of --dataset NAME_OR_PATH or --test-file FILE")
@@ -156,12 +160,17 @@ def evaluate_model(
         source, split=split, dataset_config=dataset_config, text_column=text_column,
         label_column=label_column, label_names=list(clf.labels), limit=limit,
     )
-    probs = np.asarray(clf.predict_proba(list(rows["text"]), batch_size=batch_size))
     labels = np.asarray(rows["label"], dtype=np.int64)
-    metrics = compute_metrics(labels, probs, label_names)
+    logits = clf.logits(list(rows["text"]), batch_size=batch_size)
+    temperature = clf.settings.temperature
+    metrics = compute_metrics(labels, softmax(logits, temperature), label_names)
     metrics["model"] = str(model_dir)
     metrics["data"] = {"source": str(source), "split": split, "limit": limit}
-    metrics["temperature"] = getattr(getattr(clf, "settings", None), "temperature", None)
+    metrics["temperature"] = temperature
+    if temperature:
+        # the same logits without the stored temperature: what calibration changed on this data
+        raw = compute_metrics(labels, softmax(logits), label_names)
+        metrics["uncalibrated"] = {"ece": raw["ece"], "nll": raw["nll"]}
     return metrics
 
 

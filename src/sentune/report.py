@@ -159,8 +159,12 @@ def write_eval_report(out_dir: str | Path, metrics: dict, title: str | None = No
         limit = f", first {data['limit']} (seeded sample)" if data.get("limit") else ""
         lines += [f"Data: `{data.get('source')}` (split {data.get('split')}{limit}).", ""]
     if metrics.get("temperature") is not None:
-        lines += [f"Probabilities use the stored calibration temperature T = {metrics['temperature']:.4f}.",
-                  ""]
+        lines.append(f"Probabilities use the stored calibration temperature T = {metrics['temperature']:.4f}.")
+        raw = metrics.get("uncalibrated")
+        if raw:
+            lines.append(f"Without it (T = 1) on the same data: ECE {raw['ece']:.4f} (now {metrics['ece']:.4f}), "
+                         f"NLL {raw['nll']:.4f} (now {metrics['nll']:.4f}).")
+        lines.append("")
     lines += metrics_markdown(metrics)
     return _write_text(out_dir / "report.md", "\n".join(lines))
 
