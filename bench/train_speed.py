@@ -6,10 +6,11 @@
 Each mode runs `sentune.train.run` in its own process (so peak RSS is per mode) with `--select-on test`,
 so both modes evaluate the same test set every epoch:
   naive       the reference's compute: every batch padded to max length, no cache, dropout on in the frozen
-              layers, the full model's forward; same precision as the fast path;
+              layers, the full model's forward, torch's default AdamW; same precision as the fast path;
   naive-fp32  the same in fp32 (added when the fast path's precision is not fp32);
   fast        the defaults: dynamic padding + length buckets, frozen-layer cache built in epoch 1 (fresh cache
-              directory, so the build is timed), frozen layers in eval mode, last layer for [CLS] only.
+              directory, so the build is timed), frozen layers in eval mode, last layer for [CLS] only,
+              fused AdamW.
 This is a benchmark, not a test: it prints a table and asserts nothing. Times exclude loading data and the
 model (the same in every mode) except `run wall s` / `run CPU s`, which cover the whole `train.run` (also
 the final evaluation and saving `best/`); CPU seconds help when other jobs share the machine.
@@ -68,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---- one mode, in its own process ----------------------------------------------------------------------
 def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict:
+    import torch
+
     from sentune import cache, train
     from sentune import config as config_lib
     from sentune import model as model_lib
@@ -88,6 +91,7 @@ def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict:
         model_lib.set_frozen_eval = lambda model, k: None  # the reference left dropout on in frozen layers
         model_lib.forward_logits = lambda model, batch, k: model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        model_lib.make_optimizer = lambda groups, device_type: torch.optim.AdamW(groups)  # torch's default
     config_lib.validate(cfg)
 
     build = {"seconds": 0.0}

@@ -144,7 +144,7 @@ def test_layer_decay_gives_one_group_per_layer():
     groups = M.param_groups(model, 1e-4, 1e-3, 0.0, layer_decay=0.5)
     assert [(g["name"], g["lr"]) for g in groups] == [("layer.1", 5e-5), ("layer.2", 1e-4), ("head", 1e-3)]
     opt = M.make_optimizer(groups, "cpu")
-    assert len(opt.param_groups) == 3 and opt.defaults["foreach"]
+    assert len(opt.param_groups) == 3 and opt.defaults["fused"]
 
 
 def test_set_frozen_eval_turns_off_dropout_only_in_the_prefix():
