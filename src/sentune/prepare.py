@@ -31,6 +31,8 @@ class Prepared:
     run_dir: Path
     trainable: list = field(default_factory=list)
     tracker: Any = None
+    net: Any = None  # what a training step calls: SplitForward, wrapped by DDP with several processes
+    stop: Any = None  # guards.StopRequest while the epochs run
 
     @property
     def is_main(self) -> bool:
@@ -66,14 +68,30 @@ def prepare(cfg: Config) -> Prepared:
                                     cfg.train.layer_decay)
     optimizer = model_lib.make_optimizer(groups, acc.device.type)
     scheduler = make_scheduler(cfg, optimizer, len(feeds["train"]) // acc.num_processes)
-    model, optimizer = acc.prepare(model, optimizer)
+    net, optimizer = acc.prepare(SplitForward(model, cfg.model.freeze_layers), optimizer)
     p = Prepared(cfg=cfg, accelerator=acc, splits=splits, model=model, tokenizer=tokenizer, feeds=feeds,
                  optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss(cfg, splits).to(acc.device),
-                 run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad])
+                 run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad], net=net)
     if acc.is_main_process:
         write_start(p)
         p.tracker = make_tracker(cfg, run_dir)
     return p
+
+
+class SplitForward(torch.nn.Module):
+    """The training forward (prefix/cache -> suffix) as one module call.
+
+    DistributedDataParallel all-reduces gradients only for calls that go through its own forward, so the
+    split forward must be the wrapped module's `forward`; calling the inner model directly would leave every
+    process training alone.
+    """
+
+    def __init__(self, model: torch.nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return model_lib.forward_logits(self.model, batch, self.k)
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -88,11 +106,14 @@ def resolve_precision(precision: str, device_type: str) -> str:
 
 
 def cpu_has_bf16() -> bool:
-    # oneDNN answers whether it has fast bf16 kernels (AVX512-BF16/AMX, or AVX512 emulation).
+    """True only for native bf16 (AMX or AVX512-BF16). oneDNN also emulates bf16 on plain AVX512, but
+    measured on such a CPU (Xeon, avx512f without bf16) bf16 autocast trained 3.6x slower than fp32."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
         return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def make_accelerator(cfg: Config):
@@ -118,7 +139,10 @@ def resolve_run_dir(cfg: Config, acc) -> Path:
         broadcast_object_list(chosen)  # every rank must agree on one timestamped directory
     path = Path(chosen[0])
     if acc.is_main_process:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise rundir.WriteError(f"cannot create the run directory {path}: {e.strerror or e}") from None
     return path
 
 
@@ -160,8 +184,12 @@ def maybe_cache(cfg: Config, model, feeds: dict, splits, acc) -> dict:
              "max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
              "head_tokens": cfg.data.head_tokens, "normalize_tweets": model.config.sentune["normalize_tweets"],
              "limits": [cfg.data.limit_train, cfg.data.limit_eval, cfg.data.validation_split, cfg.train.seed]}
-    return cache_feeds(model, k, feeds, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
-                       fingerprint_parts=parts, device=acc.device)
+    # One process per machine builds the cache file, the others then find it and reuse it; with --cache
+    # memory there is no file, so each process builds its own copy.
+    with acc.local_main_process_first():
+        return cache_feeds(model, k, feeds, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
+                           fingerprint_parts=parts, device=acc.device,
+                           log=print if acc.is_local_main_process else (lambda line: None))
 
 
 def make_loss(cfg: Config, splits) -> torch.nn.Module:
@@ -196,7 +224,14 @@ def data_summary(splits) -> str:
 
 
 def write_start(p: Prepared) -> None:
-    config_lib.save(p.cfg, p.run_dir / "config.yaml")
+    import yaml
+
+    rundir.atomic_write_text(p.run_dir / "config.yaml", yaml.safe_dump(config_lib.to_dict(p.cfg), sort_keys=False))
+    if p.cfg.run.resume:  # keep what the run started with (data fingerprints are checked against it)
+        manifest = rundir.read_json(p.run_dir / "manifest.json")
+        manifest.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        rundir.atomic_write_json(p.run_dir / "manifest.json", manifest)
+        return
     sources = {}
     for name, info in p.splits.sources.items():
         split = getattr(p.splits, name)
