@@ -152,11 +152,16 @@ def quiet():
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantization of the weights (activations quantized on the fly) with onnxruntime."""
+    """Dynamic int8 quantization of the weights (activations quantized on the fly) with onnxruntime.
+
+    Per-channel 7-bit weights: on MiniLM they halved the probability error of per-tensor 8-bit
+    (max difference 0.0017 vs 0.0030) at the same speed, and 7 bits cannot saturate the u8*s8
+    products on CPUs without VNNI, where the export may end up being served.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with quiet():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
 
 
 def write_companions(model_dir: Path, out: Path, reference: Classifier) -> None:
