@@ -180,10 +180,9 @@ def maybe_cache(cfg: Config, model, feeds: dict, splits, acc) -> dict:
         return feeds
     from sentune.cache import cache_feeds
 
-    parts = {"model": cfg.model.model, "data": {s: v["fingerprint"] for s, v in splits.sources.items()},
-             "max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
-             "head_tokens": cfg.data.head_tokens, "normalize_tweets": model.config.sentune["normalize_tweets"],
-             "limits": [cfg.data.limit_train, cfg.data.limit_eval, cfg.data.validation_split, cfg.train.seed]}
+    # The cache hashes each split's exact token ids and the prefix weights itself, so another seed, LR or
+    # epoch count over the same examples reuses it; only what is not in those ids needs naming here.
+    parts = {"model": cfg.model.model}
     # One process per machine builds the cache file, the others then find it and reuse it; with --cache
     # memory there is no file, so each process builds its own copy.
     with acc.local_main_process_first():
