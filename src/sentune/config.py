@@ -71,7 +71,6 @@ class TrainConfig:
     pad_to_multiple_of: int = knob(8, "round dynamic padding up to a multiple (tensor-core friendly)")
     cache: str = knob("auto", "auto | memory | disk | off: frozen-layer output cache")
     cache_dir: str | None = knob(None, "default: the user cache directory")
-    compile: bool = knob(False, "torch.compile the trainable part")
     layer_decay: float = knob(1.0, "layer-wise LR decay over trainable encoder layers (1.0 = off)")
     scheduler: str = knob("none", "none | linear | cosine")
     warmup_ratio: float = knob(0.0, "fraction of steps of linear warm-up (with --scheduler)")
