@@ -100,20 +100,21 @@ class Feed:
             return len(self) // world_size
         return math.ceil(len(self) / world_size)
 
-    def batches(self, epoch: int = 0, rank: int = 0,
-                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, epoch: int = 0, rank: int = 0, world_size: int = 1,
+                start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """This epoch's batches for process `rank` of `world_size`, with `labels` and `index` (example ids).
 
         With several processes, training batches are dealt round-robin and cut to an equal count per process
         (so every process takes the same number of optimizer steps); evaluation batches are dealt round-robin
-        and cover every example exactly once across processes.
+        and cover every example exactly once across processes. `start` skips this process's first batches
+        without building them (resuming mid-epoch).
         """
         plan = self.plan.batches(epoch)
         if world_size > 1:
             if self.plan.train:
                 plan = plan[: len(plan) // world_size * world_size]
             plan = plan[rank::world_size]
-        for idx in plan:
+        for idx in plan[start:]:
             longest = int(self.plan.lengths[idx].max())
             width = padded_length(longest, self.padding, self.max_length, self.pad_to_multiple_of)
             batch = self.collate(idx, width)

@@ -74,8 +74,12 @@ def train(preset: str | None, config_file: str | None, resume: str | None, **fla
     from sentune import train as train_lib
 
     given = {k: v for k, v in flags.items() if v is not None}
-    cfg = config_lib.resolve(preset or "imdb", config_file, given)
-    cfg.run.resume = resume
+    if resume:  # the run's own config.yaml; only harmless flags (--epochs, --patience, ...) may change
+        from sentune.checkpoint import resume_config
+
+        cfg = resume_config(resume, given, preset=preset, config_file=config_file)
+    else:
+        cfg = config_lib.resolve(preset or "imdb", config_file, given)
     train_lib.run(cfg)
 
 

@@ -12,6 +12,7 @@ half-written file where a good one was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -69,27 +70,81 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_dir) on a temporary sibling, then swap it in for `target`.
+    """Call write(tmp_dir) on a temporary sibling, flush it to disk, then swap it in for `target`.
 
-    The old folder is renamed aside before the new one takes its name, and removed only after, so
-    at every moment either the old or the new complete folder exists under a known name.
+    On Linux the swap is one atomic `renameat2(RENAME_EXCHANGE)`: a kill at any moment leaves either the
+    old or the new complete folder under `target`. Elsewhere the old folder is renamed aside first
+    (`.<name>.old`, put back by `recover`), then the new one takes its name. A failed or killed write
+    leaves the previous folder untouched; its temporary sibling is removed by the next write.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    old = target.with_name(f".{target.name}.old")
+    tmp = None
     try:
+        recover(target)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
         write(tmp)
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            os.replace(old, target)
-        raise WriteError(f"cannot write {target}: {e.strerror or e}; the previous copy is unchanged") from None
+        _fsync_tree(tmp)
+        _swap_in(tmp, target)
+    except BaseException as e:  # also KeyboardInterrupt: never leave a half folder behind
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        recover(target)
+        if isinstance(e, OSError) or "os error" in str(e):  # safetensors' writer wraps the OSError
+            reason = getattr(e, "strerror", None) or str(e)
+            raise WriteError(f"cannot write {target}: {reason}; the previous copy is unchanged") from None
+        raise
+
+
+def recover(target: Path) -> None:
+    """Put back a folder that a kill left renamed aside, and remove temporary siblings of killed writes."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+    for name in os.listdir(target.parent):
+        if name.startswith(f".{target.name}.") and name.endswith(".tmp"):
+            shutil.rmtree(target.parent / name, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    if target.exists() and _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
+        return
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system lacks it."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # e.g. a file system without exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Data on disk before the rename, so a power loss cannot leave a renamed but empty file."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def versions() -> dict[str, str]:

@@ -11,44 +11,48 @@ the main process prints and writes files.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from sentune import checkpoint, guards, rundir
 from sentune import model as model_lib
-from sentune import rundir
+from sentune.checkpoint import TrainState
 from sentune.config import Config
 from sentune.prepare import Prepared, prepare
 
-
-@dataclass
-class TrainState:
-    """Everything the loop needs to continue: saved with checkpoints and restored by --resume."""
-
-    epoch: int = 0  # epochs completed
-    best_acc: float = -1.0
-    best_epoch: int | None = None
-    stale: int = 0  # epochs since the last improvement
-    history: list[dict] = field(default_factory=list)
+__all__ = ["TrainState", "evaluate", "fit", "run"]
 
 
 def run(cfg: Config) -> Path:
-    """Train according to `cfg`; returns the run directory."""
+    """Train according to `cfg` (continuing `cfg.run.resume` when set); returns the run directory."""
     return fit(cfg)[0].run_dir
 
 
 def fit(cfg: Config) -> tuple[Prepared, TrainState]:
     """The loop itself; returns the prepared objects (model holding the selected weights) and final state."""
-    p = prepare(cfg)
-    state = TrainState()
-    stopped_early = False
+    with guards.out_of_memory_hint(cfg.train.batch_size, cfg.train.grad_accum, cfg.data.max_length):
+        p = prepare(cfg)
+        state = checkpoint.restore(p) if cfg.run.resume else TrainState()
+        with guards.StopRequest() as p.stop:
+            stopped_early = train_epochs(p, state)
+        finish(p, state, stopped_early)
+    return p, state
+
+
+def train_epochs(p: Prepared, state: TrainState) -> bool:
+    """Epochs until the last one or until patience runs out (then True); a checkpoint after each."""
+    cfg = p.cfg
     for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
-        row = train_and_evaluate(p, epoch)
+        if state.stale >= cfg.train.patience:
+            return True
+        row = train_and_evaluate(p, state, epoch)
         improved = select(state, row, cfg.train.select_on)
-        state.epoch, state.history = epoch, [*state.history, row]
+        state.epoch, state.step, state.partial, state.history = epoch, 0, None, [*state.history, row]
         p.log(epoch_line(row))
         if p.is_main:
             rundir.append_jsonl(p.run_dir / "metrics.jsonl", row)
@@ -56,16 +60,15 @@ def fit(cfg: Config) -> tuple[Prepared, TrainState]:
             save_best(p)
         if p.tracker:
             p.tracker.log_epoch(row)
-        if state.stale >= cfg.train.patience:
-            stopped_early = epoch < cfg.train.epochs
-            break
-    finish(p, state, stopped_early)
-    return p, state
+        checkpoint.save(p, state)
+        if guards.agreed(p.stop.requested, p.accelerator):
+            guards.interrupted(p, state)
+    return False
 
 
-def train_and_evaluate(p: Prepared, epoch: int) -> dict:
+def train_and_evaluate(p: Prepared, state: TrainState, epoch: int) -> dict:
     t0 = time.perf_counter()
-    tr = train_epoch(p, epoch)
+    tr = train_epoch(p, state, epoch)
     train_s = time.perf_counter() - t0
     val = evaluate(p, "validation") if p.feeds.get("validation") else None
     test = evaluate(p, "test") if p.feeds.get("test") and p.cfg.train.select_on == "test" else None
@@ -81,51 +84,75 @@ def train_and_evaluate(p: Prepared, epoch: int) -> dict:
     }
 
 
-def train_epoch(p: Prepared, epoch: int) -> dict:
-    """One pass over the training feed; returns mean loss, accuracy and count over all processes."""
-    acc, model, k = p.accelerator, p.model, p.cfg.model.freeze_layers
-    model.train()
-    model_lib.set_frozen_eval(acc.unwrap_model(model), k)  # frozen layers never use dropout
+def train_epoch(p: Prepared, state: TrainState, epoch: int) -> dict:
+    """One pass over the training feed, from batch `state.step` when resuming mid-epoch.
+
+    Returns mean loss, accuracy and count over all processes. Every `--save-every-steps` batches (at the
+    next optimizer step) a checkpoint is saved; a stop request (Ctrl-C) saves one and ends the run.
+    """
+    acc, cfg = p.accelerator, p.cfg
+    p.net.train()
+    model_lib.set_frozen_eval(p.model, cfg.model.freeze_layers)  # frozen layers never use dropout
     feed = p.feeds["train"]
+    total = feed.num_batches(acc.num_processes)
     sums = torch.zeros(3, device=acc.device)  # loss*n, correct, n
-    bar = tqdm(total=len(feed) // acc.num_processes, desc="Training", disable=not (p.is_main and p.cfg.run.progress),
-               dynamic_ncols=True)
-    for step, batch in enumerate(feed.batches(epoch, rank=acc.process_index, world_size=acc.num_processes)):
-        batch = {name: t.to(acc.device) for name, t in batch.items()}
-        with acc.accumulate(model), acc.autocast():
-            logits = model_lib.forward_logits(model, batch, k)
-            loss = p.loss_fn(logits.float(), batch["labels"])
-            if not check_finite(p, loss, epoch, step):
-                continue
-            acc.backward(loss)
-            if acc.sync_gradients and p.cfg.train.max_grad_norm:
-                acc.clip_grad_norm_(p.trainable, p.cfg.train.max_grad_norm)
-            p.optimizer.step()
-            if p.scheduler is not None and acc.sync_gradients:
-                p.scheduler.step()
-            p.optimizer.zero_grad(set_to_none=True)
-        n = batch["labels"].numel()
-        sums += torch.stack([loss.detach().float() * n, (logits.argmax(-1) == batch["labels"]).sum().float(),
-                             torch.tensor(float(n), device=acc.device)])
+    if state.partial is not None and acc.is_main_process:  # the restored epoch's running sums
+        sums += torch.tensor(state.partial, device=acc.device)
+    bar = tqdm(total=total, initial=state.step, desc="Training", dynamic_ncols=True,
+               disable=not (p.is_main and cfg.run.progress))
+    last_saved = state.step
+    batches = feed.batches(epoch, rank=acc.process_index, world_size=acc.num_processes, start=state.step)
+    for step, batch in enumerate(batches, start=state.step):
+        # each epoch ends with an optimizer step, so no gradients are pending at an epoch-end checkpoint
+        sync = (step + 1) % cfg.train.grad_accum == 0 or step + 1 == total
+        done = train_step(p, batch, sync, epoch, step)
+        sums += done
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", train_acc=f"{(sums[1] / sums[2]).item():.4f}")
+        bar.set_postfix(loss=f"{(done[0] / done[2].clamp(min=1)).item():.4f}",
+                        train_acc=f"{(sums[1] / sums[2].clamp(min=1)).item():.4f}")
+        if not sync or step + 1 == total:
+            continue
+        due = bool(cfg.train.save_every_steps) and step + 1 - last_saved >= cfg.train.save_every_steps
+        stop = guards.agreed(p.stop.requested, acc)
+        if due or stop:
+            save_mid_epoch(p, state, step + 1, sums)
+            last_saved = step + 1
+        if stop:
+            bar.close()
+            guards.interrupted(p, state)
     bar.close()
-    total = acc.reduce(sums, reduction="sum")
-    return {"loss": (total[0] / total[2]).item(), "acc": (total[1] / total[2]).item(), "n": int(total[2].item())}
+    total_sums = acc.reduce(sums, reduction="sum")
+    return {"loss": (total_sums[0] / total_sums[2]).item(), "acc": (total_sums[1] / total_sums[2]).item(),
+            "n": int(total_sums[2].item())}
 
 
-def check_finite(p: Prepared, loss: torch.Tensor, epoch: int, step: int) -> bool:
-    """A non-finite loss stops the run (the last good `best/` stays) or, with --on-nan skip, skips the step."""
-    if torch.isfinite(loss).item():
-        return True
-    if p.cfg.train.on_nan == "skip":
-        p.log(f"warning: non-finite loss at epoch {epoch} step {step}; step skipped")
+def train_step(p: Prepared, batch: dict, sync: bool, epoch: int, step: int) -> torch.Tensor:
+    """Forward and backward on one batch, an optimizer step when `sync`; returns [loss*n, correct, n]."""
+    acc = p.accelerator
+    batch = {name: t.to(acc.device) for name, t in batch.items()}
+    n = batch["labels"].numel()
+    # without sync, DDP keeps this batch's gradients local (they join the next synced step's all-reduce)
+    with contextlib.nullcontext() if sync else acc.no_sync(p.net), acc.autocast():
+        logits = p.net(batch)
+        loss = p.loss_fn(logits.float(), batch["labels"])
+        if not guards.finite_or_skip(p, loss, epoch, step):
+            return torch.zeros(3, device=acc.device)
+        acc.backward(loss)  # divided by --grad-accum
+    if sync:
+        if p.cfg.train.max_grad_norm:
+            acc.clip_grad_norm_(p.trainable, p.cfg.train.max_grad_norm)
+        p.optimizer.step()
+        if p.scheduler is not None:
+            p.scheduler.step()
         p.optimizer.zero_grad(set_to_none=True)
-        return False
-    from sentune.errors import SentuneError
+    correct = (logits.argmax(-1) == batch["labels"]).sum().float()
+    return torch.stack([loss.detach().float() * n, correct, torch.tensor(float(n), device=acc.device)])
 
-    raise SentuneError(f"non-finite loss at epoch {epoch} step {step}; the last good weights are in "
-                       f"{p.run_dir / 'best'}. Try a lower learning rate, --precision bf16/fp32, or --on-nan skip")
+
+def save_mid_epoch(p: Prepared, state: TrainState, done: int, sums: torch.Tensor) -> None:
+    state.step = done
+    state.partial = p.accelerator.reduce(sums.clone(), reduction="sum").tolist()
+    checkpoint.save(p, state)
 
 
 @torch.no_grad()
