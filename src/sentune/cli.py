@@ -43,7 +43,7 @@ def flag_name(field_name: str) -> str:
 
 def config_options(command):
     """Add one click option per config field: `lr_head` -> `--lr-head`; booleans get `--x/--no-x`."""
-    for section, f, tp in reversed(config_lib.iter_fields()):
+    for _section, f, tp in reversed(config_lib.iter_fields()):
         if f.name in ("preset", "resume"):
             continue  # declared explicitly on the command
         base = config_lib.base_type(tp)

@@ -59,7 +59,7 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = knob(64, "training batch size (per process)")
     eval_batch_size: int | None = knob(None, "default: 2 x batch size (no gradients to keep)")
-    precision: str = knob("auto", "auto: bf16 on GPUs and CPUs with native bf16, fp16+GradScaler on older GPUs, else fp32")
+    precision: str = knob("auto", "auto: bf16 on GPUs and CPUs with native bf16, else fp16+GradScaler (GPU) or fp32")
     lr_encoder: float = knob(2e-5, "AdamW LR of the trainable encoder layers")
     lr_head: float = knob(1e-4, "AdamW LR of the classification head")
     weight_decay: float = knob(0.01, "AdamW weight decay (both groups)")
