@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models: thread start-up and hand-offs cost more than the maths; one thread is several times faster.
+# Subprocesses started by the tests inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 WORDS = (
     "good great excellent wonderful love loved best amazing fun brilliant superb "
@@ -86,6 +89,13 @@ def save_tiny(path: Path, arch: str, num_layers: int = 3, num_labels: int = 2) -
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
