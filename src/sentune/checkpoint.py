@@ -53,8 +53,9 @@ def resume_config(run_dir: str | Path, flags: dict, *, preset: str | None = None
                   config_file: str | None = None) -> Config:
     """The config a run was started with (its config.yaml), plus the few flags that may change."""
     run = Path(run_dir)
-    if run.is_dir():
-        rundir.recover(run / NAME)  # a checkpoint a kill left renamed aside (systems without atomic exchange)
+    for folder in (NAME, "best"):  # what a kill during a save left behind (temporary or renamed-aside folders)
+        if run.is_dir():
+            rundir.recover(run / folder)
     if preset or config_file:
         raise ConfigError("--resume continues a run with its own config.yaml; drop --preset/--config")
     if not (run / "config.yaml").is_file():

@@ -101,7 +101,10 @@ def recover(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.with_name(f".{target.name}.old")
     if old.is_dir() and not target.exists():
-        os.replace(old, target)
+        try:
+            os.replace(old, target)
+        except FileNotFoundError:  # another process (rank) put it back first
+            pass
     for name in os.listdir(target.parent):
         if name.startswith(f".{target.name}.") and name.endswith(".tmp"):
             shutil.rmtree(target.parent / name, ignore_errors=True)
