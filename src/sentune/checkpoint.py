@@ -133,7 +133,7 @@ def restore(p) -> TrainState:
         raise ConfigError(f"{p.run_dir} was trained with {meta['num_processes']} processes; resume it with "
                           f"the same number (this launch has {acc.num_processes})")
     check_same_data(p)
-    load_trainable(p.model, load_file(str(folder / "trainable.safetensors"), device=str(acc.device)), folder)
+    load_trainable(p.model, load_file(str(folder / "trainable.safetensors")), folder)  # copied onto the device
     blob = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     p.optimizer.load_state_dict(blob["optimizer"])
     if p.scheduler is not None and blob["scheduler"] is not None:

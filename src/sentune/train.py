@@ -212,7 +212,8 @@ def save_best(p: Prepared) -> None:
 def reload_best(p: Prepared) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(p.run_dir / "best" / "model.safetensors"), device=str(p.accelerator.device))
+    # read on the CPU ("cpu:0", a multi-process CPU device, is not a device safetensors knows); copied in place
+    state = load_file(str(p.run_dir / "best" / "model.safetensors"))
     p.accelerator.unwrap_model(p.model).load_state_dict(state, strict=False)
 
 

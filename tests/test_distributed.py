@@ -1,0 +1,143 @@
+"""Data-parallel training: `torchrun --nproc_per_node 2` on CPU (gloo) against one process with the same global batch.
+
+Two processes with --batch-size 8 take an optimizer step on 2 x 8 examples, batches dealt round-robin (rank 0
+gets batches 0, 2, 4, ..., rank 1 gets 1, 3, 5, ...), gradients averaged by DDP. One process with
+--batch-size 8 --grad-accum 2 steps on the same pairs of batches with the same averaged gradient. Dropout is
+off in this model, so the two runs compute the same thing; they differ only in float rounding (an all-reduce
+sums in another order than accumulation does), which is why weights are compared to 1e-5, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_resume import ENV, TIMING, cli_args, fit_one_thread, flags
+
+from sentune import config, rundir
+
+# Runs inside each torchrun worker: records what that rank did, then runs the real CLI.
+WORKER = """
+import hashlib, json, os, sys
+from pathlib import Path
+from sentune import cache, train
+log, rank = Path(sys.argv[1]), os.environ["RANK"]
+real_build, real_fit, real_step = cache._build, train.fit, train.train_step
+seen = {}
+
+def _build(*args, **kwargs):  # each prefix pass over a split, i.e. the cache work
+    with open(log / f"builds-{rank}", "a") as f:
+        f.write("built\\n")
+    return real_build(*args, **kwargs)
+
+def train_step(p, batch, sync, epoch, step):
+    seen.setdefault(epoch, []).extend(batch["index"].tolist())
+    return real_step(p, batch, sync, epoch, step)
+
+def fit(cfg):
+    p, state = real_fit(cfg)
+    weights = b"".join(q.detach().numpy().tobytes() for q in p.model.parameters())
+    (log / f"rank-{rank}.json").write_text(json.dumps({
+        "epoch": state.epoch, "best_epoch": state.best_epoch, "seen": seen,
+        "weights": hashlib.sha256(weights).hexdigest()}))
+    return p, state
+
+cache._build, train.train_step, train.fit = _build, train_step, fit
+from sentune.cli import main
+sys.argv = ["sentune", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_bert_dir, tmp_path_factory):
+    from conftest import sentiment_rows, write_jsonl
+
+    root = tmp_path_factory.mktemp("ddp")
+    model = root / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # same math, whatever the RNG
+    (model / "config.json").write_text(json.dumps(cfg))
+    files = {"train": write_jsonl(root / "train.jsonl", sentiment_rows(64, seed=1)),
+             "validation": write_jsonl(root / "validation.jsonl", sentiment_rows(24, seed=2)),
+             "test": write_jsonl(root / "test.jsonl", sentiment_rows(24, seed=3))}
+    common = {"cache": "disk", "cache_dir": str(root / "cache"), "epochs": 3, "lr_encoder": 1e-2, "lr_head": 1e-2}
+    return root, model, files, common
+
+
+@pytest.fixture(scope="module")
+def ddp_run(setup):
+    root, model, files, common = setup
+    run, log = root / "ddp-run", root / "log"
+    log.mkdir()
+    script = root / "worker.py"
+    script.write_text(WORKER)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(log), *cli_args(flags(model, files, run, **common))],
+        env=ENV, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((log / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    return run, log, ranks, result.stdout
+
+
+def test_two_processes_finish_and_write_every_file_once(ddp_run):
+    run, _, _, stdout = ddp_run
+    assert [r["epoch"] for r in rundir.read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    assert stdout.count("Epoch 1 summary") == 1 and stdout.count("Run directory:") == 1  # only rank 0 prints
+    assert json.loads((run / "manifest.json").read_text())["num_processes"] == 2
+    assert sorted(f.name for f in (run / "checkpoint").iterdir()) == ["state.json", "state.pt",
+                                                                        "trainable.safetensors"]
+    rng = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], torch.zeros_like(rng[0]["torch"]))
+    assert not [f for f in run.iterdir() if f.name.startswith(".")]
+
+
+def test_each_process_trains_on_its_own_shard(ddp_run):
+    _, _, ranks, _ = ddp_run
+    for epoch in ("1", "2", "3"):
+        shard0, shard1 = (set(r["seen"][epoch]) for r in ranks)
+        assert not shard0 & shard1 and shard0 | shard1 == set(range(64))
+    assert ranks[0]["seen"]["1"] != ranks[0]["seen"]["2"]  # a new order every epoch
+
+
+def test_ranks_agree_on_weights_and_early_stopping(ddp_run):
+    _, _, ranks, _ = ddp_run
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients really are all-reduced
+    assert (ranks[0]["epoch"], ranks[0]["best_epoch"]) == (ranks[1]["epoch"], ranks[1]["best_epoch"])
+
+
+def test_frozen_layer_cache_is_built_once(ddp_run, setup):
+    _, log, _, _ = ddp_run
+    root = setup[0]
+    assert (log / "builds-0").read_text().count("built") == 3  # train, validation, test: by rank 0 only
+    assert not (log / "builds-1").exists()  # rank 1 waited, then reused the files
+    assert len(list((root / "cache").glob("prefix-*.bin"))) == 3
+
+
+def test_matches_one_process_with_the_same_global_batch(ddp_run, setup):
+    root, model, files, common = setup
+    run, _, _, _ = ddp_run
+    single = root / "single-run"
+    fit_one_thread(config.resolve("imdb", None, flags(model, files, single, grad_accum=2, **common)))
+    rows = [{k: v for k, v in r.items() if k not in TIMING} for r in rundir.read_jsonl(run / "metrics.jsonl")]
+    want = [{k: v for k, v in r.items() if k not in TIMING} for r in rundir.read_jsonl(single / "metrics.jsonl")]
+    for got, expected in zip(rows, want, strict=True):
+        assert got["val_acc"] == expected["val_acc"] and got["train_acc"] == expected["train_acc"]
+        assert got["train_loss"] == pytest.approx(expected["train_loss"], abs=1e-5)
+        assert got["val_loss"] == pytest.approx(expected["val_loss"], abs=1e-5)
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["accuracy"] == json.loads((single / "final_metrics.json").read_text())["accuracy"]
+    weights, expected = (load_file(str(r / "best" / "model.safetensors")) for r in (run, single))
+    moved = load_file(str(Path(model) / "model.safetensors"))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-5)
+    # and training did move the weights by far more than that tolerance
+    assert max((expected[n] - moved[n]).abs().max().item() for n in moved if n in expected) > 1e-2
