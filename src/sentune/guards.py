@@ -105,5 +105,7 @@ def interrupted(p, state) -> None:
     """After a stop request: the checkpoint is saved; say where and how to continue, then stop."""
     where = f"epoch {state.epoch + 1}, step {state.step}" if state.step else f"the end of epoch {state.epoch}"
     p.log(f"Interrupted: a resumable checkpoint was saved at {where}.")
-    p.log(f"Resume with: sentune train --resume {p.run_dir}")
+    n = p.accelerator.num_processes
+    launcher = f" (launched as before, with {n} processes, e.g. torchrun --nproc_per_node {n} -m sentune ...)"
+    p.log(f"Resume with: sentune train --resume {p.run_dir}" + (launcher if n > 1 else ""))
     raise KeyboardInterrupt
