@@ -232,3 +232,32 @@ def test_checkpoint_holds_only_safe_formats(tiny_bert_dir, files, tmp_path):
     blob = torch.load(folder / "state.pt", weights_only=True)  # no pickled code needed to read it
     assert set(blob) == {"optimizer", "scheduler", "scaler", "rng"} and len(blob["rng"]) == 1
     assert not [f for f in run.iterdir() if f.name.startswith(".")]  # no temporary leftovers
+
+
+def test_crash_with_accumulation_scheduler_and_cache_resumes_exactly(tiny_bert_dir, files, tmp_path, monkeypatch,
+                                                                     capsys):
+    """In-process variant: LR schedule and gradient accumulation state, and the cache reused on resume."""
+    from sentune import train
+
+    extra = {"grad_accum": 2, "scheduler": "linear", "warmup_ratio": 0.2, "save_every_steps": 3,
+             "cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    reference_run = tmp_path / "reference"
+    fit_one_thread(config.resolve("imdb", None, flags(tiny_bert_dir, files, reference_run, **extra)))
+    real_step = train.train_step
+
+    def crash(p, batch, sync, epoch, step):
+        if (epoch, step) == (2, 5):
+            raise RuntimeError("simulated crash")
+        return real_step(p, batch, sync, epoch, step)
+
+    monkeypatch.setattr(train, "train_step", crash)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_one_thread(config.resolve("imdb", None, flags(tiny_bert_dir, files, run, **extra)))
+    saved = json.loads((run / "checkpoint" / "state.json").read_text())["state"]
+    assert (saved["epoch"], saved["step"]) == (1, 4)  # every 3 batches, at the next optimizer step: 4
+    monkeypatch.setattr(train, "train_step", real_step)
+    capsys.readouterr()
+    fit_one_thread(checkpoint.resume_config(run, {}))
+    assert "reused train+validation+test" in capsys.readouterr().out
+    assert_same_outcome(run, reference_run)
