@@ -141,3 +141,38 @@ def test_matches_one_process_with_the_same_global_batch(ddp_run, setup):
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-5)
     # and training did move the weights by far more than that tolerance
     assert max((expected[n] - moved[n]).abs().max().item() for n in moved if n in expected) > 1e-2
+
+
+def test_sharded_predict_writes_one_output_in_input_order(setup, tmp_path):
+    from click.testing import CliRunner
+    from conftest import sentiment_rows, write_jsonl
+
+    from sentune.cli import main
+
+    root, _, _, _ = setup
+    model = Path(str(setup[1]))
+    rows = sentiment_rows(53, seed=7)  # odd: the processes get 27 and 26 texts
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": r["text"], "label": r["label"], "n": i}
+                                                 for i, r in enumerate(rows)])
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    single = CliRunner().invoke(main, ["predict", str(model), "--input", str(source), "--output", str(one)])
+    assert single.exit_code == 0, single.output
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "sentune", "predict", str(model), "--input", str(source), "--output", str(two)],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    want, got = (rundir.read_jsonl(f) for f in (one, two))
+    assert [r["n"] for r in got] == list(range(53))  # input order, every row once
+    assert [r["label"] for r in got] == [r["label"] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g["probs"] == pytest.approx(w["probs"], abs=1e-6)
+    assert result.stderr.count("53 texts in") == 1  # one summary, from the main process
+
+
+def test_sharded_predict_refuses_stdin(monkeypatch):
+    from sentune.errors import ConfigError
+    from sentune.predict_shard import load_for_launch
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="--input FILE"):
+        load_for_launch(lambda device: None, "-")

@@ -184,18 +184,23 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     from sentune.errors import ConfigError
     from sentune.predict import Classifier
     from sentune.predict_files import write_predictions
+    from sentune.predict_shard import load_for_launch
 
     if bool(texts) == bool(input_path):
         raise ConfigError("give either TEXT arguments or --input FILE (--input - reads stdin)")
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     quiet_transformers()
-    clf = Classifier.load(model_dir, backend=backend, bf16=bf16)
+    # under torchrun / accelerate launch each process classifies a share; the main one writes (predict_shard.py)
+    clf, writes = load_for_launch(lambda device: Classifier.load(model_dir, backend=backend, device=device,
+                                                                 bf16=bf16), input_path)
     rows = ({"text": t} for t in texts) if texts else read_texts(input_path, text_column)
     start = time.perf_counter()
-    with click.open_file(output or "-", "w", encoding="utf-8", lazy=False) as out:
+    with click.open_file((output or "-") if writes else os.devnull, "w", encoding="utf-8", lazy=False) as out:
         accuracy = write_predictions(clf, rows, out, fmt=fmt, batch_size=batch_size,
-                                     progress=input_path not in (None, "-"))
+                                     progress=writes and input_path not in (None, "-"))
+    if not writes:
+        return
     if input_path not in (None, "-"):
         click.echo(f"{input_path}: {accuracy.rows} texts in {time.perf_counter() - start:.1f} s", err=True)
     if accuracy.summary():
