@@ -203,6 +203,12 @@ def test_resume_refuses_what_would_not_continue_the_same_run(tiny_bert_dir, file
         checkpoint.resume_config(run, {"lr_head": 1.0})
     with pytest.raises(ConfigError, match="drop --preset"):
         checkpoint.resume_config(run, {}, preset="demo")
+    state_file = run / "checkpoint" / "state.json"
+    saved = state_file.read_text()
+    state_file.write_text(saved.replace('"num_processes": 1', '"num_processes": 2'))
+    with pytest.raises(ConfigError, match="trained with 2 processes; resume it with the same number"):
+        fit_one_thread(checkpoint.resume_config(run, {"epochs": 2}))
+    state_file.write_text(saved)
     # The training data changed since the run started: its fingerprint no longer matches.
     from conftest import sentiment_rows, write_jsonl
 
