@@ -119,7 +119,7 @@ def test_random_bytes_get_a_4xx(client, classifier, blob):
     b'{"text": "   "}', b'{"text": ""}', b'{"texts": []}', b'{"texts": [""]}', b'{"text": "\xff\xfe"}',
     b'{"text": "x"', b"", b"[]", b"null", b'"text"', b'{"text": 5}', b'{"texts": "abc"}', b'{"text": null}',
     b'{"texts": [["a"]]}', b'{"text": "a", "texts": ["b"]}', b'{"text": "a", "extra": 1}', b'{"text": true}',
-    b'{"texts": [1e999]}', b'{"text": "a"}' + b" " * 70_000,
+    b'{"texts": [1e999]}', b'{"text": "a"}' + b" " * 70_000, b'{"\\ud800": null}', b'{"texts": [], "\\udfff": 1}',
 ])
 def test_hand_picked_bodies(client, classifier, body):
     assert_answer(client.post("/predict", content=body), classifier.labels)

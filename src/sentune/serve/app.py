@@ -44,8 +44,15 @@ class Limits(BaseModel):
     max_chars: int = 20_000
 
 
+class ErrorResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        # ASCII escapes: an error may echo a lone surrogate from the request ("\\ud800" is valid JSON),
+        # which has no UTF-8 encoding and would otherwise turn the 4xx into a 500
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+    return ErrorResponse({"error": message, **extra}, status_code=status)
 
 
 class BodyLimit:
