@@ -6,7 +6,8 @@
 
 Accelerate owns device placement and mixed precision, so multi-process training needs no rewrite:
 each process trains on its shard of every batch list, counts are summed across processes, and only
-the main process prints and writes files.
+the main process prints and writes files. Every epoch (and every --save-every-steps batches) ends with
+a resumable checkpoint (checkpoint.py, `--resume`); Ctrl-C stops at a step boundary with one (guards.py).
 """
 
 from __future__ import annotations
