@@ -110,6 +110,16 @@ def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict:
     return result | {"cpu_s": cpu_seconds() - cpu}
 
 
+def resolved_precision(precision: str) -> str:
+    """What `--precision` means on this machine (auto is fp32 on a CPU without native bf16)."""
+    import torch
+
+    from sentune.prepare import resolve_precision
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"no": "fp32"}.get(resolve_precision(precision, device), resolve_precision(precision, device))
+
+
 def cpu_seconds() -> float:
     """CPU time of this process: less disturbed than wall time when other jobs share the cores."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -224,7 +234,7 @@ def main(argv=None) -> None:
         print("BENCH-RESULT " + json.dumps(result), flush=True)
         return
     modes = args.modes.split(",")
-    if args.precision != "fp32" and "naive" in modes and "naive-fp32" not in modes:
+    if resolved_precision(args.precision) != "fp32" and "naive" in modes and "naive-fp32" not in modes:
         modes.insert(1, "naive-fp32")
     results = {}
     with tempfile.TemporaryDirectory(prefix="sentune-bench-") as tmp:
