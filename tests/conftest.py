@@ -136,11 +136,21 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def make_toy_files(root: Path) -> dict[str, Path]:
+    """train/validation/test JSONL files of learnable toy sentiment data under `root`."""
+    return {
+        "train": write_jsonl(root / "train.jsonl", sentiment_rows(64, seed=1)),
+        "validation": write_jsonl(root / "validation.jsonl", sentiment_rows(24, seed=2)),
+        "test": write_jsonl(root / "test.jsonl", sentiment_rows(24, seed=3)),
+    }
+
+
 @pytest.fixture
 def toy_files(tmp_path) -> dict[str, Path]:
-    """train/validation/test JSONL files of learnable toy sentiment data."""
-    return {
-        "train": write_jsonl(tmp_path / "train.jsonl", sentiment_rows(64, seed=1)),
-        "validation": write_jsonl(tmp_path / "validation.jsonl", sentiment_rows(24, seed=2)),
-        "test": write_jsonl(tmp_path / "test.jsonl", sentiment_rows(24, seed=3)),
-    }
+    return make_toy_files(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_toy_files(tmp_path_factory) -> dict[str, Path]:
+    """The same files, shared by a module's tests (subprocess-heavy modules)."""
+    return make_toy_files(tmp_path_factory.mktemp("toy-data"))

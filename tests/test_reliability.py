@@ -30,13 +30,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sentune"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    from conftest import sentiment_rows, write_jsonl
-
-    root = tmp_path_factory.mktemp("reliability-data")
-    return {"train": write_jsonl(root / "train.jsonl", sentiment_rows(64, seed=1)),
-            "validation": write_jsonl(root / "validation.jsonl", sentiment_rows(24, seed=2)),
-            "test": write_jsonl(root / "test.jsonl", sentiment_rows(24, seed=3))}
+def files(module_toy_files):
+    return module_toy_files
 
 
 def assert_loads_with_transformers(folder: Path) -> None:

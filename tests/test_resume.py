@@ -111,13 +111,8 @@ def start_paused(tmp_path: Path, values: dict, epoch: int, step: int) -> tuple[s
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    from conftest import sentiment_rows, write_jsonl
-
-    root = tmp_path_factory.mktemp("resume-data")
-    return {"train": write_jsonl(root / "train.jsonl", sentiment_rows(64, seed=1)),
-            "validation": write_jsonl(root / "validation.jsonl", sentiment_rows(24, seed=2)),
-            "test": write_jsonl(root / "test.jsonl", sentiment_rows(24, seed=3))}
+def files(module_toy_files):
+    return module_toy_files
 
 
 @pytest.fixture(scope="module")
