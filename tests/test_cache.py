@@ -174,3 +174,19 @@ def test_building_leaves_the_model_mode_alone(tokenized):
     cache_lib.cache_feeds(model, 1, feeds_for(tokenized, "roberta"), mode="memory", cache_dir=None,
                           fingerprint_parts={}, device="cpu", log=lambda _: None)
     assert all(m.training for m in model.modules())
+
+
+def test_unwritable_cache_dir(tokenized, tmp_path):
+    """Memory caches only keep a disk copy for later runs: failing to write it warns and trains on;
+    a disk cache that cannot be written is one clear error naming the way out."""
+    from sentune.rundir import WriteError
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    kw = dict(cache_dir=str(blocker), fingerprint_parts={"model": "tiny"}, device="cpu", log=lambda line: None)
+    model = tiny(tokenized, "bert")
+    with pytest.warns(UserWarning, match="goes on from memory"):
+        feeds = cache_lib.cache_feeds(model, 2, feeds_for(tokenized, "bert"), mode="auto", **kw)
+    assert next(feeds["train"].batches(0))["hidden"].shape[-1] == model.config.hidden_size
+    with pytest.raises(WriteError, match="--cache-dir"):
+        cache_lib.cache_feeds(model, 2, feeds_for(tokenized, "bert"), mode="disk", **kw)

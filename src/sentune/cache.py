@@ -15,11 +15,13 @@ written under a temporary name then renamed, so a crash never leaves a half cach
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch
 
 from sentune import model as model_lib
 from sentune.batches import BatchPlan, Feed, padded_length
+from sentune.rundir import WriteError
 
 FORMAT_VERSION = 1
 RAM_FRACTION = 0.25  # auto keeps the cache in RAM when it needs at most this share of the available memory
@@ -102,26 +105,46 @@ def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | N
     offsets = _offsets(lengths)
     shape = (int(lengths.sum()), model.config.hidden_size)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}") if path is not None else None
-    if tmp is not None:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
     if in_memory or tmp is None:
         flat = torch.empty(shape, dtype=dtype)
         _run_prefix(model, k, feed, device, flat, offsets)
-        if tmp is not None:
-            with open(tmp, "wb") as f:
-                np.save(f, flat.view(_BITS[dtype]).numpy())
-                f.flush()
-                os.fsync(f.fileno())
-    else:  # larger than the RAM budget: write straight into the file through a memory map
+        if tmp is not None and not _save_copy(flat, dtype, tmp, path, feed):
+            path = None  # the copy on disk is only for later runs: this run goes on from memory
+        return SplitCache(flat, offsets, lengths, "built", path)
+    try:  # larger than the RAM budget: write straight into the file through a memory map
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         array = np.lib.format.open_memmap(tmp, "w+", _NUMPY[dtype], shape)
         _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets)
         array.flush()
         del array
-    if tmp is not None:
         _publish(tmp, path, feed)
-        if not in_memory:
-            flat = _load(path, dtype, mmap=True)
-    return SplitCache(flat, offsets, lengths, "built", path)
+    except OSError as e:
+        _remove(tmp)
+        raise WriteError(f"cannot write the frozen-layer cache {path}: {e.strerror or e}; "
+                         "free space, choose another --cache-dir, or use --cache memory/off") from None
+    return SplitCache(_load(path, dtype, mmap=True), offsets, lengths, "built", path)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _save_copy(flat: torch.Tensor, dtype: torch.dtype, tmp: Path, path: Path, feed: Feed) -> bool:
+    """Keep an in-memory cache on disk for later runs; a failure there only costs reuse, so warn and go on."""
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.save(f, flat.view(_BITS[dtype]).numpy())
+            f.flush()
+            os.fsync(f.fileno())
+        _publish(tmp, path, feed)
+        return True
+    except OSError as e:
+        _remove(tmp)
+        warnings.warn(f"could not keep the frozen-layer cache in {path.parent} ({e.strerror or e}); "
+                      "this run goes on from memory, later runs rebuild it", stacklevel=2)
+        return False
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
