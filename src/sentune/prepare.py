@@ -63,7 +63,7 @@ def prepare(cfg: Config) -> Prepared:
     say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
     feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"])
-    feeds = maybe_cache(cfg, model, feeds, splits, acc)
+    feeds = maybe_cache(cfg, model, feeds, acc)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
                                     cfg.train.layer_decay)
     optimizer = model_lib.make_optimizer(groups, acc.device.type)
@@ -174,7 +174,7 @@ def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
                      pad_to_multiple_of=cfg.train.pad_to_multiple_of)
 
 
-def maybe_cache(cfg: Config, model, feeds: dict, splits, acc) -> dict:
+def maybe_cache(cfg: Config, model, feeds: dict, acc) -> dict:
     k = cfg.model.freeze_layers
     if cfg.train.cache == "off" or k == 0:
         return feeds
