@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from sentune.cli import main
 from sentune.errors import DataError
-from sentune.evaluate import compute_metrics, expected_calibration_error, reliability_table
+from sentune.evaluate import compute_metrics, expected_calibration_error, reliability_table, selection_score
 
 NAMES = ["neg", "neu", "pos"]
 # label, probabilities, predicted, correct: see the comments for the hand computation
@@ -45,6 +45,14 @@ def test_metrics_match_hand_computed_values():
     true_class_probs = [0.70, 0.25, 0.90, 0.55, 0.55, 0.20]
     assert m["nll"] == pytest.approx(-sum(math.log(p) for p in true_class_probs) / 6)
     json.dumps(m)  # every value is plain JSON
+
+
+def test_selection_scores_match_hand_computed_values():
+    # a majority-class predictor: accuracy 3/4, but it never finds class 1
+    y, pred = [0, 0, 0, 1], [0, 0, 0, 0]
+    assert selection_score("accuracy", y, pred) == pytest.approx(0.75)
+    assert selection_score("macro_recall", y, pred) == pytest.approx((1.0 + 0.0) / 2)
+    assert selection_score("macro_f1", y, pred) == pytest.approx((2 * 0.75 / 1.75 + 0.0) / 2)
 
 
 def test_reliability_table_bins_are_right_closed_and_empty_bins_null():

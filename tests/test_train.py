@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sentune import config
+from sentune import config, train
 from sentune.train import fit
 
 
@@ -111,3 +111,33 @@ def test_recipe_options_run(tiny_bert_dir, toy_files, tmp_path, flags):
     assert state.epoch == 1
     saved = yaml.safe_load((p.run_dir / "config.yaml").read_text())
     assert all(saved["train"][k] == v for k, v in flags.items())
+
+
+def test_select_uses_the_named_score_not_accuracy():
+    from sentune.train import TrainState, select, selection_key
+
+    key = selection_key("validation", "macro_recall")
+    assert key == "val_macro_recall" and selection_key("test", "accuracy") == "test_acc"
+    state = TrainState()
+    rows = [{"epoch": 1, "val_acc": 0.80, key: 0.50}, {"epoch": 2, "val_acc": 0.70, key: 0.65},
+            {"epoch": 3, "val_acc": 0.90, key: 0.60}]
+    improved = [select(state, row, key) for row in rows]
+    assert improved == [True, True, False] and state.best_epoch == 2 and state.best_acc == 0.65
+
+
+def test_select_metric_macro_recall_end_to_end(tiny_bert_dir, toy_files, tmp_path, capsys):
+    from sentune.evaluate import selection_score
+
+    p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=2, patience=5,
+                            validation_file=str(toy_files["validation"]), select_metric="macro_recall"))
+    rows = [json.loads(line) for line in (p.run_dir / "metrics.jsonl").read_text().splitlines()]
+    scores = [r["val_macro_recall"] for r in rows]
+    assert state.best_acc == max(scores) and state.best_epoch == scores.index(max(scores)) + 1
+    # the selected weights, now loaded, score exactly what selection recorded for them
+    out = train.evaluate(p, "validation", with_probs=True)
+    labels = p.splits.validation["label"]
+    assert selection_score("macro_recall", labels, out["probs"].argmax(-1).numpy()) == pytest.approx(state.best_acc)
+    assert "Best val macro-recall: " in capsys.readouterr().out
+    manifest = json.loads((p.run_dir / "manifest.json").read_text())
+    assert manifest["select_metric"] == "macro_recall"
+    assert "on validation macro-recall" in (p.run_dir / "report.md").read_text()

@@ -66,6 +66,8 @@ class TrainConfig:
     epochs: int = knob(20, "maximum number of epochs")
     patience: int = knob(4, "epochs without improvement before stopping")
     select_on: str = knob("validation", "validation | test (the reference's choice)")
+    select_metric: str = knob("accuracy", "accuracy | macro_recall | macro_f1: the score that picks the best "
+                              "epoch (TweetEval's official metric is macro_recall)")
     seed: int = knob(42, "seed of splits, samples, head init and batch order")
     padding: str = knob("dynamic", "dynamic | max_length (the reference's compute)")
     pad_to_multiple_of: int = knob(8, "round dynamic padding up to a multiple (tensor-core friendly)")
@@ -106,6 +108,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "normalize_tweets": ("auto", "on", "off"),
     "precision": ("auto", "fp16", "bf16", "fp32"),
     "select_on": ("validation", "test"),
+    "select_metric": ("accuracy", "macro_recall", "macro_f1"),
     "padding": ("dynamic", "max_length"),
     "cache": ("auto", "memory", "disk", "off"),
     "scheduler": ("none", "linear", "cosine"),

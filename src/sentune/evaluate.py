@@ -18,6 +18,16 @@ from sentune.errors import ConfigError, DataError
 ECE_BINS = 15
 
 
+def selection_score(metric: str, y_true, y_pred) -> float:
+    """The score `--select-metric` names, from labels and predicted class ids (macro: as compute_metrics)."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    if metric == "accuracy":
+        return float(accuracy_score(y_true, y_pred))
+    average = {"macro_recall": recall_score, "macro_f1": f1_score}[metric]
+    return float(average(y_true, y_pred, average="macro", zero_division=0))
+
+
 def compute_metrics(
     labels: Sequence[int] | np.ndarray, probs: np.ndarray, label_names: Sequence[str]
 ) -> dict:

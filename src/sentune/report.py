@@ -192,7 +192,9 @@ def write_training_report(run_dir: str | Path) -> Path:
     manifest = read_json(run_dir / "manifest.json") or {}
     rows = read_jsonl(run_dir / "metrics.jsonl")
     final = read_json(run_dir / "final_metrics.json")
-    best = best_epoch(rows, (cfg.get("train") or {}).get("select_on", "validation"), manifest, final)
+    train_cfg = cfg.get("train") or {}
+    best = best_epoch(rows, train_cfg.get("select_on", "validation"), manifest, final,
+                      train_cfg.get("select_metric", "accuracy"))
     lines = [f"# Training run `{run_dir.name}`", ""]
     lines += _config_section(cfg, manifest) + _data_section(manifest)
     lines += _training_section(run_dir, rows, best, cfg)
@@ -204,12 +206,13 @@ def write_training_report(run_dir: str | Path) -> Path:
     return _write_text(run_dir / "report.md", "\n".join(lines))
 
 
-def best_epoch(rows: list[dict], select_on: str, manifest: dict, final: dict | None) -> int | None:
+def best_epoch(rows: list[dict], select_on: str, manifest: dict, final: dict | None,
+               select_metric: str = "accuracy") -> int | None:
     """The selected epoch: as recorded by the run if it says, else the first best on the selection split."""
     for source in (manifest, final or {}):
         if source.get("best_epoch") is not None:
             return int(source["best_epoch"])
-    key = "test_acc" if select_on == "test" else "val_acc"
+    key = ("test" if select_on == "test" else "val") + "_" + ("acc" if select_metric == "accuracy" else select_metric)
     scored = [row for row in rows if row.get(key) is not None]
     if not scored:
         return rows[-1]["epoch"] if rows else None
@@ -221,7 +224,7 @@ SUMMARY_FIELDS = {
     "data": ("dataset", "train_file", "validation_file", "test_file", "max_length", "truncation",
              "limit_train", "limit_eval"),
     "train": ("batch_size", "precision", "lr_encoder", "lr_head", "weight_decay", "layer_decay", "scheduler",
-              "warmup_ratio", "epochs", "patience", "select_on", "seed", "cache"),
+              "warmup_ratio", "epochs", "patience", "select_on", "select_metric", "seed", "cache"),
 }
 
 
@@ -268,8 +271,9 @@ def _training_section(run_dir: Path, rows: list[dict], best: int | None, cfg: di
     seconds = [row["epoch_seconds"] for row in rows if row.get("epoch_seconds") is not None]
     speed = [row["train_samples_per_second"] for row in rows if row.get("train_samples_per_second")]
     select_on = (cfg.get("train") or {}).get("select_on", "validation")
+    metric = (cfg.get("train") or {}).get("select_metric", "accuracy").replace("_", "-")
     lines = ["## Training", "",
-             f"- epochs run: {len(rows)}; selected epoch: {best} (on {select_on} accuracy)"]
+             f"- epochs run: {len(rows)}; selected epoch: {best} (on {select_on} {metric})"]
     if seconds:
         lines.append(f"- time per epoch: {np.mean(seconds):.1f} s on average ({sum(seconds):.0f} s in all)")
     if speed:

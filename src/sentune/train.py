@@ -28,6 +28,8 @@ from sentune.prepare import Prepared, prepare
 
 __all__ = ["TrainState", "evaluate", "fit", "run"]
 
+METRIC_NAMES = {"accuracy": "acc", "macro_recall": "macro-recall", "macro_f1": "macro-F1"}
+
 
 def run(cfg: Config) -> Path:
     """Train according to `cfg` (continuing `cfg.run.resume` when set); returns the run directory."""
@@ -52,7 +54,7 @@ def train_epochs(p: Prepared, state: TrainState) -> bool:
         if state.stale >= cfg.train.patience:
             return True
         row = train_and_evaluate(p, state, epoch)
-        improved = select(state, row, cfg.train.select_on)
+        improved = select(state, row, selection_key(cfg.train.select_on, cfg.train.select_metric))
         state.epoch, state.step, state.partial, state.history = epoch, 0, None, [*state.history, row]
         p.log(epoch_line(row))
         if p.is_main:
@@ -71,9 +73,12 @@ def train_and_evaluate(p: Prepared, state: TrainState, epoch: int) -> dict:
     t0 = time.perf_counter()
     tr = train_epoch(p, state, epoch)
     train_s = time.perf_counter() - t0
-    val = evaluate(p, "validation") if p.feeds.get("validation") else None
-    test = evaluate(p, "test") if p.feeds.get("test") and p.cfg.train.select_on == "test" else None
-    return {
+    val = scored_evaluate(p, "validation") if p.feeds.get("validation") else None
+    test = scored_evaluate(p, "test") if p.feeds.get("test") and p.cfg.train.select_on == "test" else None
+    metric = p.cfg.train.select_metric
+    extra = {} if metric == "accuracy" else {
+        f"val_{metric}": val and val[metric], f"test_{metric}": test and test[metric]}
+    return extra | {
         "epoch": epoch,
         "train_loss": tr["loss"], "train_acc": tr["acc"],
         "val_loss": val and val["loss"], "val_acc": val and val["acc"],
@@ -83,6 +88,18 @@ def train_and_evaluate(p: Prepared, state: TrainState, epoch: int) -> dict:
         "train_samples_per_second": tr["n"] / train_s if train_s > 0 else None,
         "lr_head": p.optimizer.param_groups[-1]["lr"],
     }
+
+
+def scored_evaluate(p: Prepared, split: str) -> dict:
+    """evaluate() plus the --select-metric score when it is not accuracy (that one needs every prediction)."""
+    metric = p.cfg.train.select_metric
+    if metric == "accuracy":
+        return evaluate(p, split)
+    from sentune.evaluate import selection_score
+
+    out = evaluate(p, split, with_probs=True)  # gathered on every process, so all agree on the score
+    out[metric] = selection_score(metric, getattr(p.splits, split)["label"], out.pop("probs").argmax(-1).numpy())
+    return out
 
 
 def train_epoch(p: Prepared, state: TrainState, epoch: int) -> dict:
@@ -192,9 +209,16 @@ def gather_in_order(acc, probs: list[torch.Tensor], index: list[torch.Tensor]) -
     return out
 
 
-def select(state: TrainState, row: dict, select_on: str) -> bool:
-    """Early-stopping bookkeeping on the selection split's accuracy; True when this epoch is the new best."""
-    metric = row["val_acc"] if select_on == "validation" else row["test_acc"]
+def selection_key(select_on: str, select_metric: str) -> str:
+    """The metrics.jsonl field that picks the best epoch, e.g. val_acc or val_macro_recall."""
+    return ("val" if select_on == "validation" else "test") + "_" + (
+        "acc" if select_metric == "accuracy" else select_metric)
+
+
+def select(state: TrainState, row: dict, key: str) -> bool:
+    """Early-stopping bookkeeping on the selection score (`state.best_acc` holds it, whichever metric it is);
+    True when this epoch is the new best."""
+    metric = row.get(key)
     if metric is not None and metric > state.best_acc:
         state.best_acc, state.best_epoch, state.stale = metric, row["epoch"], 0
         return True
@@ -220,9 +244,10 @@ def reload_best(p: Prepared) -> None:
 
 def finish(p: Prepared, state: TrainState, stopped_early: bool) -> None:
     tag = "val" if p.cfg.train.select_on == "validation" else "test"
+    name = METRIC_NAMES[p.cfg.train.select_metric]
     if stopped_early:
         p.log("Early stopping.")
-    p.log(f"Best {tag} acc: {state.best_acc:.4f} (epoch {state.best_epoch})")
+    p.log(f"Best {tag} {name}: {state.best_acc:.4f} (epoch {state.best_epoch})")
     p.log("Applying optimal model weights.")
     p.accelerator.wait_for_everyone()
     reload_best(p)
@@ -252,7 +277,8 @@ def final_test_metrics(p: Prepared) -> dict | None:
 def write_summary(p: Prepared, state: TrainState, final: dict | None, stopped_early: bool) -> None:
     manifest = rundir.read_json(p.run_dir / "manifest.json")
     manifest.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), best_epoch=state.best_epoch,
-                    best_acc=state.best_acc, selected_on=p.cfg.train.select_on, stopped_early=stopped_early,
+                    best_acc=state.best_acc, selected_on=p.cfg.train.select_on,
+                    select_metric=p.cfg.train.select_metric, stopped_early=stopped_early,
                     test_acc=final and final["accuracy"], state=asdict(state) | {"history": None})
     rundir.atomic_write_json(p.run_dir / "manifest.json", manifest)
     if p.tracker:
@@ -271,5 +297,9 @@ def epoch_line(row: dict) -> str:
         parts.append(f"Val acc: {row['val_acc']:.4f}")
     if row["test_acc"] is not None:
         parts.append(f"Test acc: {row['test_acc']:.4f}")
+    for split in ("val", "test"):
+        for metric in ("macro_recall", "macro_f1"):
+            if row.get(f"{split}_{metric}") is not None:
+                parts.append(f"{split.capitalize()} {METRIC_NAMES[metric]}: {row[f'{split}_{metric}']:.4f}")
     return ", ".join(parts)
 
