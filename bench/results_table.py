@@ -1,0 +1,96 @@
+"""Print the markdown results table of docs/results.md from finished `sentune train` run directories.
+
+    python bench/results_table.py runs/A=reference runs/C="+ layer decay" ...
+
+Each argument is RUN_DIR or RUN_DIR=LABEL. Accuracy and macro-recall come from the run's own files
+(final_metrics.json: the selected weights on test, evaluated once; metrics.jsonl: the per-epoch
+validation scores). Wall and CPU time are read from `RUN_DIR.log` when it holds the output of
+`/usr/bin/time -v sentune train ...` (the whole command: loading, cache build, epochs, test); without it
+the table falls back to the manifest's start/end, which leaves out loading and the cache build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+TIME_FIELDS = {"wall": r"Elapsed \(wall clock\) time.*: (.+)", "user": r"User time \(seconds\): (.+)",
+               "sys": r"System time \(seconds\): (.+)", "rss": r"Maximum resident set size \(kbytes\): (.+)"}
+
+
+def parse_clock(text: str) -> float:
+    """`h:mm:ss` or `m:ss.ss` (GNU time's format) in seconds."""
+    seconds = 0.0
+    for part in text.strip().split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds
+
+
+def command_times(log: Path) -> dict | None:
+    if not log.exists():
+        return None
+    text = log.read_text(encoding="utf-8", errors="replace")
+    found = {k: re.search(p, text) for k, p in TIME_FIELDS.items()}
+    if not all(found.values()):
+        return None
+    values = {k: m.group(1) for k, m in found.items()}
+    return {"wall": parse_clock(values["wall"]), "cpu": float(values["user"]) + float(values["sys"]),
+            "rss_gb": int(values["rss"]) / 2**20}
+
+
+def manifest_wall(manifest: dict) -> float | None:
+    if not (manifest.get("started") and manifest.get("ended")):
+        return None
+    fmt = "%Y-%m-%dT%H:%M:%S%z"
+    return (datetime.strptime(manifest["ended"], fmt) - datetime.strptime(manifest["started"], fmt)).total_seconds()
+
+
+def summarize(run_dir: Path, label: str) -> dict:
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    final = json.loads((run_dir / "final_metrics.json").read_text(encoding="utf-8"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    times = command_times(run_dir.with_name(run_dir.name + ".log")) or {"wall": manifest_wall(manifest)}
+    best = manifest.get("best_epoch")
+    return {
+        "label": label, "train": manifest["data"]["train"]["rows"], "freeze": cfg["model"]["freeze_layers"],
+        "epochs": len(rows), "best": best, "val": manifest.get("best_acc"), "acc": final["accuracy"],
+        "macro_recall": final["macro_recall"], "macro_f1": final["macro_f1"], "n_test": final["n"], **times,
+    }
+
+
+def fmt(value: float | None, pattern: str) -> str:
+    return "–" if value is None else format(value, pattern)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| setting | train n | frozen | epochs (best) | val acc | test acc | test macro-F1 | test macro-recall "
+            "| wall s | CPU s |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['train']:,} | {r['freeze']} | {r['epochs']} ({r['best']}) | {fmt(r['val'], '.4f')} "
+            f"| **{r['acc']:.4f}** | {r['macro_f1']:.4f} | {r['macro_recall']:.4f} | {fmt(r.get('wall'), '.0f')} "
+            f"| {fmt(r.get('cpu'), '.0f')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=LABEL")
+    args = ap.parse_args()
+    rows = []
+    for spec in args.runs:
+        path, _, label = spec.partition("=")
+        rows.append(summarize(Path(path), label or Path(path).name))
+    print(markdown(rows))
+    print(f"\ntest n = {rows[0]['n_test']:,}" if len({r["n_test"] for r in rows}) == 1 else "")
+
+
+if __name__ == "__main__":
+    main()
