@@ -6,7 +6,9 @@ Each argument is RUN_DIR or RUN_DIR=LABEL. Accuracy and macro-recall come from t
 (final_metrics.json: the selected weights on test, evaluated once; metrics.jsonl: the per-epoch
 validation scores). Wall and CPU time are read from `RUN_DIR.log` when it holds the output of
 `/usr/bin/time -v sentune train ...` (the whole command: loading, cache build, epochs, test); without it
-the table falls back to the manifest's start/end, which leaves out loading and the cache build.
+the table falls back to the manifest's start/end, which leaves out loading and the cache build. The cache
+column says whether the run built its frozen-layer cache or reused one an earlier run had built (same
+frozen layers and token ids), and how long that took: reuse is part of the speed-up, so it is shown.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def command_times(log: Path) -> dict | None:
             "rss_gb": int(values["rss"]) / 2**20}
 
 
+def cache_note(log: Path) -> str:
+    """`built 193.6 s` / `reused 3.0 s` from the run's frozen-layer cache line; `–` when it had none."""
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    found = re.search(r"frozen-layer cache: .*?(built|reused) [\w+]+ in ([\d.]+) s", text)
+    return f"{found.group(1)} {float(found.group(2)):.0f} s" if found else "–"
+
+
 def manifest_wall(manifest: dict) -> float | None:
     if not (manifest.get("started") and manifest.get("ended")):
         return None
@@ -55,12 +64,14 @@ def summarize(run_dir: Path, label: str) -> dict:
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     final = json.loads((run_dir / "final_metrics.json").read_text(encoding="utf-8"))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    times = command_times(run_dir.with_name(run_dir.name + ".log")) or {"wall": manifest_wall(manifest)}
+    log = run_dir.with_name(run_dir.name + ".log")
+    times = command_times(log) or {"wall": manifest_wall(manifest)}
     best = manifest.get("best_epoch")
     return {
         "label": label, "train": manifest["data"]["train"]["rows"], "freeze": cfg["model"]["freeze_layers"],
         "epochs": len(rows), "best": best, "val": manifest.get("best_acc"), "acc": final["accuracy"],
-        "macro_recall": final["macro_recall"], "macro_f1": final["macro_f1"], "n_test": final["n"], **times,
+        "macro_recall": final["macro_recall"], "macro_f1": final["macro_f1"], "n_test": final["n"],
+        "cache": cache_note(log), **times,
     }
 
 
@@ -70,13 +81,13 @@ def fmt(value: float | None, pattern: str) -> str:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| setting | train n | frozen | epochs (best) | val acc | test acc | test macro-F1 | test macro-recall "
-            "| wall s | CPU s |")
+            "| cache | wall s | CPU s |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['label']} | {r['train']:,} | {r['freeze']} | {r['epochs']} ({r['best']}) | {fmt(r['val'], '.4f')} "
-            f"| **{r['acc']:.4f}** | {r['macro_f1']:.4f} | {r['macro_recall']:.4f} | {fmt(r.get('wall'), '.0f')} "
-            f"| {fmt(r.get('cpu'), '.0f')} |")
+            f"| **{r['acc']:.4f}** | {r['macro_f1']:.4f} | {r['macro_recall']:.4f} | {r['cache']} "
+            f"| {fmt(r.get('wall'), '.0f')} | {fmt(r.get('cpu'), '.0f')} |")
     return "\n".join(lines)
 
 

