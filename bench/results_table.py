@@ -72,6 +72,7 @@ def summarize(run_dir: Path, label: str) -> dict:
         "epochs": len(rows), "best": best, "val": manifest.get("best_acc"), "acc": final["accuracy"],
         "macro_recall": final["macro_recall"], "macro_f1": final["macro_f1"], "n_test": final["n"],
         "cache": cache_note(log), **times,
+        "data": tuple(manifest["data"].get(split, {}).get("fingerprint") for split in ("train", "validation", "test")),
     }
 
 
@@ -100,7 +101,10 @@ def main() -> None:
         path, _, label = spec.partition("=")
         rows.append(summarize(Path(path), label or Path(path).name))
     print(markdown(rows))
-    print(f"\ntest n = {rows[0]['n_test']:,}" if len({r["n_test"] for r in rows}) == 1 else "")
+    if len(rows) > 1:
+        same = len({r["data"] for r in rows}) == 1
+        print("\nSame train, validation and test examples in every row (data fingerprints equal)." if same else
+              "\nThe rows differ in their data (train/validation/test fingerprints differ).")
 
 
 if __name__ == "__main__":
