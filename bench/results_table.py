@@ -69,7 +69,10 @@ def summarize(run_dir: Path, label: str) -> dict:
     best = manifest.get("best_epoch")
     return {
         "label": label, "train": manifest["data"]["train"]["rows"], "freeze": cfg["model"]["freeze_layers"],
-        "epochs": len(rows), "best": best, "val": manifest.get("best_acc"), "acc": final["accuracy"],
+        "epochs": len(rows), "best": best, "acc": final["accuracy"],
+        # accuracy of the selected epoch (manifest["best_acc"] is the selection score, maybe macro-recall)
+        "val": next((r["val_acc"] for r in rows if r["epoch"] == best), None),
+        "val_selected": manifest.get("best_acc"), "select_metric": manifest.get("select_metric", "accuracy"),
         "macro_recall": final["macro_recall"], "macro_f1": final["macro_f1"], "n_test": final["n"],
         "cache": cache_note(log), **times,
         "data": tuple(manifest["data"].get(split, {}).get("fingerprint") for split in ("train", "validation", "test")),
@@ -85,6 +88,8 @@ def markdown(rows: list[dict]) -> str:
             "| cache | wall s | CPU s |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
+        if r["select_metric"] != "accuracy":
+            r["label"] += f" (selected on val {r['select_metric'].replace('_', '-')} {r['val_selected']:.4f})"
         lines.append(
             f"| {r['label']} | {r['train']:,} | {r['freeze']} | {r['epochs']} ({r['best']}) | {fmt(r['val'], '.4f')} "
             f"| **{r['acc']:.4f}** | {r['macro_f1']:.4f} | {r['macro_recall']:.4f} | {r['cache']} "
