@@ -107,9 +107,11 @@ def main() -> None:
         rows.append(summarize(Path(path), label or Path(path).name))
     print(markdown(rows))
     if len(rows) > 1:
-        same = len({r["data"] for r in rows}) == 1
-        print("\nSame train, validation and test examples in every row (data fingerprints equal)." if same else
-              "\nThe rows differ in their data (train/validation/test fingerprints differ).")
+        splits = ("train", "validation", "test")
+        same = [split for i, split in enumerate(splits) if len({r["data"][i] for r in rows}) == 1]
+        differ = [split for split in splits if split not in same]
+        print(f"\nSame examples in every row (data fingerprints equal): {', '.join(same) or 'none'}"
+              + (f"; different: {', '.join(differ)}." if differ else "."))
 
 
 if __name__ == "__main__":
