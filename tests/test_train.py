@@ -114,7 +114,8 @@ def test_recipe_options_run(tiny_bert_dir, toy_files, tmp_path, flags):
 
 
 def test_select_uses_the_named_score_not_accuracy():
-    from sentune.train import TrainState, select, selection_key
+    from sentune.evaluate import selection_key
+    from sentune.train import TrainState, select
 
     key = selection_key("validation", "macro_recall")
     assert key == "val_macro_recall" and selection_key("test", "accuracy") == "test_acc"

@@ -18,6 +18,12 @@ from sentune.errors import ConfigError, DataError
 ECE_BINS = 15
 
 
+def selection_key(select_on: str, select_metric: str) -> str:
+    """The metrics.jsonl field that picks the best epoch, e.g. val_acc or val_macro_recall."""
+    return ("val" if select_on == "validation" else "test") + "_" + (
+        "acc" if select_metric == "accuracy" else select_metric)
+
+
 def selection_score(metric: str, y_true, y_pred) -> float:
     """The score `--select-metric` names, from labels and predicted class ids (macro: as compute_metrics)."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score

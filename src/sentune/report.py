@@ -212,7 +212,9 @@ def best_epoch(rows: list[dict], select_on: str, manifest: dict, final: dict | N
     for source in (manifest, final or {}):
         if source.get("best_epoch") is not None:
             return int(source["best_epoch"])
-    key = ("test" if select_on == "test" else "val") + "_" + ("acc" if select_metric == "accuracy" else select_metric)
+    from sentune.evaluate import selection_key
+
+    key = selection_key(select_on, select_metric)
     scored = [row for row in rows if row.get(key) is not None]
     if not scored:
         return rows[-1]["epoch"] if rows else None

@@ -24,6 +24,7 @@ from sentune import checkpoint, guards, rundir
 from sentune import model as model_lib
 from sentune.checkpoint import TrainState
 from sentune.config import Config
+from sentune.evaluate import selection_key
 from sentune.prepare import Prepared, prepare
 
 __all__ = ["TrainState", "evaluate", "fit", "run"]
@@ -207,12 +208,6 @@ def gather_in_order(acc, probs: list[torch.Tensor], index: list[torch.Tensor]) -
     out = torch.empty(len(idx), pairs[0][1].shape[1])
     out[idx] = torch.cat([pr for _, pr in pairs])
     return out
-
-
-def selection_key(select_on: str, select_metric: str) -> str:
-    """The metrics.jsonl field that picks the best epoch, e.g. val_acc or val_macro_recall."""
-    return ("val" if select_on == "validation" else "test") + "_" + (
-        "acc" if select_metric == "accuracy" else select_metric)
 
 
 def select(state: TrainState, row: dict, key: str) -> bool:
