@@ -24,7 +24,7 @@ from sentune import checkpoint, guards, rundir
 from sentune import model as model_lib
 from sentune.checkpoint import TrainState
 from sentune.config import Config
-from sentune.evaluate import selection_key
+from sentune.evaluate import selection_key, selection_score
 from sentune.prepare import Prepared, prepare
 
 __all__ = ["TrainState", "evaluate", "fit", "run"]
@@ -96,8 +96,6 @@ def scored_evaluate(p: Prepared, split: str) -> dict:
     metric = p.cfg.train.select_metric
     if metric == "accuracy":
         return evaluate(p, split)
-    from sentune.evaluate import selection_score
-
     out = evaluate(p, split, with_probs=True)  # gathered on every process, so all agree on the score
     out[metric] = selection_score(metric, getattr(p.splits, split)["label"], out.pop("probs").argmax(-1).numpy())
     return out
