@@ -106,7 +106,7 @@ def run_pipeline(folder: str, texts: list[str], max_length: int, batch_size: int
 
 
 def run_classifier(folder: str, texts: list[str], max_length: int, batch_size: int, **load):
-    from sentune.predict import Classifier
+    from sentune.inference.classifier import Classifier
 
     clf = Classifier.load(folder, device="cpu", **load)
     clf.settings.max_length = max_length  # the same length for every variant, whatever the folder says
@@ -116,7 +116,7 @@ def run_classifier(folder: str, texts: list[str], max_length: int, batch_size: i
 
 
 def exported(folder: str, tmp: Path, quantize: str | None) -> str:
-    from sentune.export import export
+    from sentune.inference.export import export
 
     out, parity = export(folder, tmp / f"export-{quantize or 'fp32'}", quantize=quantize, min_agreement=0.0)
     print(f"  export {quantize or 'fp32'}: {parity.summary()}", file=sys.stderr)

@@ -3,7 +3,7 @@
     python bench/train_speed.py                      # MiniLM, IMDB 512 train / 256 test, length 512, freeze 4
     python bench/train_speed.py --random-init roberta-base --freeze-layers 9 --limit-train 256 --epochs 2
 
-Each mode runs `sentune.train.run` in its own process (so peak RSS is per mode) with `--select-on test`,
+Each mode runs `sentune.training.loop.run` in its own process (so peak RSS is per mode) with `--select-on test`,
 so both modes evaluate the same test set every epoch:
   naive       the reference's compute: every batch padded to max length, no cache, dropout on in the frozen
               layers, the full model's forward, torch's default AdamW; same precision as the fast path;
@@ -71,9 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict:
     import torch
 
-    from sentune import cache, train
     from sentune import config as config_lib
     from sentune import model as model_lib
+    from sentune.training import cache
+    from sentune.training import loop as train
 
     cfg = config_lib.Config()
     cfg.model.model, cfg.model.freeze_layers = args.model, args.freeze_layers
@@ -114,7 +115,7 @@ def resolved_precision(precision: str) -> str:
     """What `--precision` means on this machine (auto is fp32 on a CPU without native bf16)."""
     import torch
 
-    from sentune.prepare import resolve_precision
+    from sentune.training.prepare import resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {"no": "fp32"}.get(resolve_precision(precision, device), resolve_precision(precision, device))

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentune import data
 from sentune.config import DataConfig
+from sentune.data import splits as data
 from sentune.errors import DataError
-from sentune.predict import Classifier
+from sentune.inference.classifier import Classifier
 from sentune.serve import Limits, create_app
 
 # Every code point, lone surrogates (category Cs) and controls included.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sentune.batches import make_feed, padded_length
+from sentune.data.batches import make_feed, padded_length
 
 
 def toy_ids(n: int, seed: int = 0, max_len: int = 40) -> list[list[int]]:

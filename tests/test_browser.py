@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 def server_url(tmp_path_factory):
     import uvicorn
 
-    from sentune.predict import Classifier
+    from sentune.inference.classifier import Classifier
     from sentune.serve import Limits, create_app
 
     model_dir = train_tiny(tmp_path_factory.mktemp("model"))

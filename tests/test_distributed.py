@@ -26,7 +26,8 @@ from sentune import config, rundir
 WORKER = """
 import hashlib, json, os, sys
 from pathlib import Path
-from sentune import cache, train
+from sentune.training import cache
+from sentune.training import loop as train
 log, rank = Path(sys.argv[1]), os.environ["RANK"]
 real_build, real_fit, real_step = cache._build, train.fit, train.train_step
 seen = {}
@@ -171,7 +172,7 @@ def test_sharded_predict_writes_one_output_in_input_order(setup, tmp_path):
 
 def test_sharded_predict_refuses_stdin(monkeypatch):
     from sentune.errors import ConfigError
-    from sentune.predict_shard import load_for_launch
+    from sentune.inference.shard import load_for_launch
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="--input FILE"):

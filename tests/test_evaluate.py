@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from sentune.cli import main
 from sentune.errors import DataError
-from sentune.evaluate import compute_metrics, expected_calibration_error, reliability_table, selection_score
+from sentune.evaluation.evaluate import compute_metrics, expected_calibration_error, reliability_table, selection_score
 
 NAMES = ["neg", "neu", "pos"]
 # label, probabilities, predicted, correct: see the comments for the hand computation
@@ -108,7 +108,7 @@ def neg_pos_model(tiny_bert_dir, tmp_path):
 
 
 def test_evaluate_cli_end_to_end(neg_pos_model, toy_files, tmp_path):
-    from sentune.predict import Classifier
+    from sentune.inference.classifier import Classifier
 
     out_dir, out_file = tmp_path / "eval", tmp_path / "metrics-line.json"
     result = CliRunner().invoke(main, ["evaluate", str(neg_pos_model), "--test-file", str(toy_files["test"]),
@@ -148,7 +148,7 @@ def test_evaluate_cli_user_errors_are_one_line(neg_pos_model, tiny_bert_dir, toy
 
 
 def test_evaluate_reports_ece_and_nll_with_and_without_the_stored_temperature(neg_pos_model, toy_files, tmp_path):
-    from sentune.calibrate import store_temperature
+    from sentune.evaluation.calibrate import store_temperature
 
     args = ["evaluate", str(neg_pos_model), "--test-file", str(toy_files["test"])]
     plain = json.loads(CliRunner().invoke(main, args).stdout.strip().splitlines()[-1])

@@ -13,8 +13,8 @@ from tiny_trained import train_tiny
 
 from sentune.cli import main
 from sentune.errors import ConfigError, ModelError
-from sentune.export import check_texts_from, export, replace_dir
-from sentune.predict import Classifier
+from sentune.inference.classifier import Classifier
+from sentune.inference.export import check_texts_from, export, replace_dir
 
 TEXTS = ["good great film", "awful", "boring plot and bad acting " * 10, "ok", "love it love it", "meh fine"]
 

@@ -18,8 +18,8 @@ from tiny_trained import train_tiny
 from sentune import Classifier
 from sentune.cli import main
 from sentune.errors import ModelError
-from sentune.predict import default_max_length, softmax
-from sentune.predict_files import predict_rows
+from sentune.inference.classifier import default_max_length, softmax
+from sentune.inference.files import predict_rows
 
 TEXTS = ["good great film", "awful", "the plot was boring and the acting was bad " * 6, "ok fine", "love it",
          "not quite the worst movie of this year but very dull", "meh"]

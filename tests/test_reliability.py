@@ -23,8 +23,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from test_resume import ENV, cli_args, fit_one_thread, flags
 
-from sentune import checkpoint, config, guards, rundir
+from sentune import config, rundir
 from sentune.errors import SentuneError
+from sentune.training import checkpoint, guards
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sentune"
 
@@ -115,7 +116,7 @@ def test_failed_file_write_keeps_the_old_file(tmp_path, monkeypatch):
 KILLED_IN_SAVE = """
 import os, sys
 from transformers import PreTrainedModel
-from sentune import train
+from sentune.training import loop as train
 real_select, real_save = train.select, PreTrainedModel.save_pretrained
 saves = []
 
@@ -213,7 +214,7 @@ class NanAt(torch.nn.Module):
 
 
 def nan_at(monkeypatch, at: int) -> None:
-    from sentune import prepare
+    from sentune.training import prepare
 
     real = prepare.make_loss
     monkeypatch.setattr(prepare, "make_loss", lambda cfg, splits: NanAt(real(cfg, splits), at))
@@ -242,8 +243,8 @@ def test_nan_loss_with_skip_skips_the_step_and_finishes(tiny_bert_dir, files, tm
 
 # ---- out of memory --------------------------------------------------------------------------------------
 def test_out_of_memory_suggests_smaller_batches_with_grad_accum(tiny_bert_dir, files, tmp_path, monkeypatch):
-    from sentune import train
     from sentune.cli import main
+    from sentune.training import loop as train
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -304,7 +305,7 @@ def evil_model_dir(tiny_bert_dir: Path, tmp_path: Path) -> Path:
 def test_model_code_runs_only_with_trust_remote_code(tiny_bert_dir, tmp_path):
     from sentune import model as model_lib
     from sentune.config import ModelConfig
-    from sentune.predict import Classifier
+    from sentune.inference.classifier import Classifier
 
     folder = evil_model_dir(tiny_bert_dir, tmp_path)
     model_lib.load_model(ModelConfig(model=str(folder)), ["neg", "pos"])  # the built-in BERT classes

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from sentune import config as config_lib
-from sentune import report
 from sentune.errors import ConfigError
-from sentune.evaluate import compute_metrics
+from sentune.evaluation import report
+from sentune.evaluation.evaluate import compute_metrics
 
 NAMES = ["neg", "pos"]
 

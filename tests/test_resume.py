@@ -19,9 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sentune import checkpoint, config
+from sentune import config
 from sentune.errors import ConfigError, DataError
-from sentune.train import fit
+from sentune.training import checkpoint
+from sentune.training.loop import fit
 
 TIMING = ("epoch_seconds", "train_seconds", "train_samples_per_second")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -76,7 +77,7 @@ def assert_same_outcome(run: Path, reference: Path) -> None:
 PAUSING_TRAIN = """
 import sys, time
 from pathlib import Path
-from sentune import train
+from sentune.training import loop as train
 marker, pause_epoch, pause_step = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 real_step = train.train_step
 
@@ -238,7 +239,7 @@ def test_checkpoint_holds_only_safe_formats(tiny_bert_dir, files, tmp_path):
 def test_crash_with_accumulation_scheduler_and_cache_resumes_exactly(tiny_bert_dir, files, tmp_path, monkeypatch,
                                                                      capsys):
     """In-process variant: LR schedule and gradient accumulation state, and the cache reused on resume."""
-    from sentune import train
+    from sentune.training import loop as train
 
     extra = {"grad_accum": 2, "scheduler": "linear", "warmup_ratio": 0.2, "save_every_steps": 3,
              "cache": "disk", "cache_dir": str(tmp_path / "cache")}

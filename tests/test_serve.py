@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from sentune.predict import Classifier
+from sentune.inference.classifier import Classifier
 from sentune.serve import Limits, create_app
 
 LIMITS = Limits(max_body_bytes=4000, max_texts=5, max_chars=200)

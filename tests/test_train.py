@@ -9,8 +9,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sentune import config, train
-from sentune.train import fit
+from sentune import config
+from sentune.training import loop as train
+from sentune.training.loop import fit
 
 
 def tiny_cfg(model_dir, files, tmp_path, **flags):
@@ -45,7 +46,7 @@ def test_run_directory_is_complete_and_loads_in_a_pipeline(tiny_model_dir, toy_f
 
 
 def test_final_weights_are_the_best_epochs(tiny_bert_dir, toy_files, tmp_path, monkeypatch):
-    from sentune import train
+    from sentune.training import loop as train
 
     # Pretend only epoch 1 improved, so the last epoch's weights differ from the selected ones.
     original_select = train.select
@@ -114,8 +115,8 @@ def test_recipe_options_run(tiny_bert_dir, toy_files, tmp_path, flags):
 
 
 def test_select_uses_the_named_score_not_accuracy():
-    from sentune.evaluate import selection_key
-    from sentune.train import TrainState, select
+    from sentune.evaluation.evaluate import selection_key
+    from sentune.training.loop import TrainState, select
 
     key = selection_key("validation", "macro_recall")
     assert key == "val_macro_recall" and selection_key("test", "accuracy") == "test_acc"
@@ -127,7 +128,7 @@ def test_select_uses_the_named_score_not_accuracy():
 
 
 def test_select_metric_macro_recall_end_to_end(tiny_bert_dir, toy_files, tmp_path, capsys):
-    from sentune.evaluate import selection_score
+    from sentune.evaluation.evaluate import selection_score
 
     p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=2, patience=5,
                             validation_file=str(toy_files["validation"]), select_metric="macro_recall"))

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from sentune.predict import Classifier
+    from sentune.inference.classifier import Classifier
 
 
 def __getattr__(name: str):
     # Lazy so that `import sentune` (and the CLI's start-up) does not import torch.
     if name == "Classifier":
-        from sentune.predict import Classifier
+        from sentune.inference.classifier import Classifier
 
         return Classifier
     raise AttributeError(name)

@@ -71,11 +71,11 @@ def config_options(command):
 @config_options
 def train(preset: str | None, config_file: str | None, resume: str | None, **flags) -> None:
     """Fine-tune a classifier (defaults: the reference IMDB recipe)."""
-    from sentune import train as train_lib
+    from sentune.training import loop as train_lib
 
     given = {k: v for k, v in flags.items() if v is not None}
     if resume:  # the run's own config.yaml; only harmless flags (--epochs, --patience, ...) may change
-        from sentune.checkpoint import resume_config
+        from sentune.training.checkpoint import resume_config
 
         cfg = resume_config(resume, given, preset=preset, config_file=config_file)
     else:
@@ -105,14 +105,14 @@ def evaluate(model_dir: str, output: str | None, output_dir: str | None, **optio
     """
     import json
 
-    from sentune import evaluate as evaluate_lib
+    from sentune.evaluation import evaluate as evaluate_lib
 
     quiet_transformers()
     metrics = evaluate_lib.evaluate_model(model_dir, **options)
     for line in evaluate_lib.summary_lines(metrics):
         click.echo(line)
     if output_dir:
-        from sentune.report import write_eval_report
+        from sentune.evaluation.report import write_eval_report
 
         click.echo(f"report: {write_eval_report(output_dir, metrics)}")
     if output:
@@ -139,7 +139,7 @@ def calibrate(model_dir: str, validation_file: str | None, **options) -> None:
     """
     import json
 
-    from sentune.calibrate import calibrate_model
+    from sentune.evaluation.calibrate import calibrate_model
 
     quiet_transformers()
     result = calibrate_model(model_dir, validation_file, **options)
@@ -180,11 +180,11 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     """
     import time
 
-    from sentune.data import read_texts
+    from sentune.data.splits import read_texts
     from sentune.errors import ConfigError
-    from sentune.predict import Classifier
-    from sentune.predict_files import write_predictions
-    from sentune.predict_shard import load_for_launch
+    from sentune.inference.classifier import Classifier
+    from sentune.inference.files import write_predictions
+    from sentune.inference.shard import load_for_launch
 
     if bool(texts) == bool(input_path):
         raise ConfigError("give either TEXT arguments or --input FILE (--input - reads stdin)")
@@ -225,7 +225,7 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
 
     The folder also holds the tokenizer and config, so `predict`/`serve --backend onnx` use it directly.
     """
-    from sentune.export import export as export_model
+    from sentune.inference.export import export as export_model
 
     quiet_transformers()
     out, parity = export_model(model_dir, output, fmt=fmt, quantize=quantize, check_file=check_file,

@@ -179,7 +179,7 @@ def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, backend:
     """Load the model and serve it with uvicorn until Ctrl-C / SIGTERM (then finish in-flight requests)."""
     import uvicorn
 
-    from sentune.predict import Classifier
+    from sentune.inference.classifier import Classifier
 
     classifier = Classifier.load(model_dir, backend=backend)
     app = create_app(classifier, max_batch=max_batch, max_wait_ms=max_wait_ms, limits=limits)

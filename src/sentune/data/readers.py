@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentune.data.text import encodable
 from sentune.errors import DataError
-from sentune.text import encodable
 
 LABELLED_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 _INT = re.compile(r"\s*-?\d+\s*")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from sentune.predict import Classifier
+from sentune.inference.classifier import Classifier
 
 CHUNK_ROWS = 1024  # rows classified per chunk: large enough for good length-sorted batches
 OUTPUT_KEYS = ("label", "score", "probs")

@@ -66,14 +66,14 @@ def plot_confusion(cm: Sequence[Sequence[int]], label_names: Sequence[str], path
 
 def plot_reliability(labels, probs, path: str | Path, bins: int = 15) -> Path:
     """Reliability diagram of top-label confidence (bars: accuracy per bin) over a confidence histogram."""
-    from sentune.evaluate import reliability_table
+    from sentune.evaluation.evaluate import reliability_table
 
     return plot_reliability_table(reliability_table(labels, probs, bins), path)
 
 
 def plot_reliability_table(table: dict, path: str | Path) -> Path:
     """The same diagram from `compute_metrics(...)["reliability"]` (no probabilities needed)."""
-    from sentune.evaluate import _ece
+    from sentune.evaluation.evaluate import _ece
 
     bins = table["bins"]
     centers = (np.arange(bins) + 0.5) / bins
@@ -148,7 +148,7 @@ def write_eval_plots(out_dir: str | Path, metrics: dict) -> None:
 
 def write_eval_report(out_dir: str | Path, metrics: dict, title: str | None = None) -> Path:
     """metrics.json, confusion_matrix.png, reliability.png and report.md (embedding them) in out_dir."""
-    from sentune.evaluate import write_metrics
+    from sentune.evaluation.evaluate import write_metrics
 
     out_dir = Path(out_dir)
     write_metrics(out_dir / "metrics.json", metrics)
@@ -212,7 +212,7 @@ def best_epoch(rows: list[dict], select_on: str, manifest: dict, final: dict | N
     for source in (manifest, final or {}):
         if source.get("best_epoch") is not None:
             return int(source["best_epoch"])
-    from sentune.evaluate import selection_key
+    from sentune.evaluation.evaluate import selection_key
 
     key = selection_key(select_on, select_metric)
     scored = [row for row in rows if row.get(key) is not None]

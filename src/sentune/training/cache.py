@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from sentune import model as model_lib
-from sentune.batches import BatchPlan, Feed, padded_length
+from sentune.data.batches import BatchPlan, Feed, padded_length
 from sentune.rundir import WriteError
 
 FORMAT_VERSION = 1

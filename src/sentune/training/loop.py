@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sentune import checkpoint, guards, rundir
 from sentune import model as model_lib
-from sentune.checkpoint import TrainState
+from sentune import rundir
 from sentune.config import Config
-from sentune.evaluate import selection_key, selection_score
-from sentune.prepare import Prepared, prepare
+from sentune.evaluation.evaluate import selection_key, selection_score
+from sentune.training import checkpoint, guards
+from sentune.training.checkpoint import TrainState
+from sentune.training.prepare import Prepared, prepare
 
 __all__ = ["TrainState", "evaluate", "fit", "run"]
 
@@ -258,7 +259,7 @@ def final_test_metrics(p: Prepared) -> dict | None:
     out = evaluate(p, "test", with_probs=True)
     if not p.is_main:
         return None
-    from sentune.evaluate import compute_metrics
+    from sentune.evaluation.evaluate import compute_metrics
 
     labels = torch.tensor(p.splits.test["label"])
     metrics = compute_metrics(labels.numpy(), out["probs"].numpy(), p.splits.label_names)
@@ -277,7 +278,7 @@ def write_summary(p: Prepared, state: TrainState, final: dict | None, stopped_ea
     if p.tracker:
         p.tracker.close()
     try:
-        from sentune.report import write_training_report
+        from sentune.evaluation.report import write_training_report
 
         write_training_report(p.run_dir)
     except ImportError:  # report module not available

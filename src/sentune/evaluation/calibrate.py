@@ -43,8 +43,8 @@ def fit_temperature(logits, labels, max_iter: int = 200) -> float:
 
 
 def nll_and_ece(logits, labels, temperature: float = 1.0) -> tuple[float, float]:
-    from sentune.evaluate import expected_calibration_error
-    from sentune.predict import softmax
+    from sentune.evaluation.evaluate import expected_calibration_error
+    from sentune.inference.classifier import softmax
 
     probs = softmax(np.asarray(logits), temperature).astype(np.float64)
     y = np.asarray(labels, dtype=np.int64)
@@ -86,9 +86,9 @@ def calibrate_model(
     batch_size: int = 32,
 ) -> dict:
     """Fit T on held-out raw logits (a file, or a dataset's split), store it, return NLL/ECE before and after."""
-    from sentune.data import load_labelled
-    from sentune.evaluate import require_file
-    from sentune.predict import Classifier
+    from sentune.data.splits import load_labelled
+    from sentune.evaluation.evaluate import require_file
+    from sentune.inference.classifier import Classifier
 
     if (validation_file is None) == (dataset is None):
         raise ConfigError("give exactly one of --validation-file FILE or --dataset NAME_OR_PATH (with --split)")

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from sentune import config as config_lib
-from sentune import data, rundir
 from sentune import model as model_lib
+from sentune import rundir
 from sentune.config import Config
+from sentune.data import splits as data
 from sentune.errors import ConfigError
 
 
@@ -167,7 +168,7 @@ def build_feeds(cfg: Config, splits, tokenizer, normalize: bool) -> dict:
 
 
 def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
-    from sentune.batches import make_feed
+    from sentune.data.batches import make_feed
 
     return make_feed(ids, labels, batch_size=batch_size, train=train, seed=cfg.train.seed, pad_id=pad_id,
                      padding=cfg.train.padding, max_length=cfg.data.max_length,
@@ -178,7 +179,7 @@ def maybe_cache(cfg: Config, model, feeds: dict, acc) -> dict:
     k = cfg.model.freeze_layers
     if cfg.train.cache == "off" or k == 0:
         return feeds
-    from sentune.cache import cache_feeds
+    from sentune.training.cache import cache_feeds
 
     # The cache hashes each split's exact token ids and the prefix weights itself, so another seed, LR or
     # epoch count over the same examples reuses it; only what is not in those ids needs naming here.
@@ -212,7 +213,7 @@ def make_scheduler(cfg: Config, optimizer, batches_per_epoch: int):
 def make_tracker(cfg: Config, run_dir: Path):
     if cfg.run.report_to != "tensorboard":
         return None
-    from sentune.report import TensorboardLogger
+    from sentune.evaluation.report import TensorboardLogger
 
     return TensorboardLogger(run_dir)
 

@@ -159,8 +159,8 @@ def evaluate_model(
     backend: str = "auto",
 ) -> dict:
     """Predict a labelled split with the model and score it: `compute_metrics` + model, data, temperature."""
-    from sentune.data import load_labelled
-    from sentune.predict import Classifier, softmax
+    from sentune.data.splits import load_labelled
+    from sentune.inference.classifier import Classifier, softmax
 
     if (dataset is None) == (test_file is None):
         raise ConfigError("give exactly one of --dataset NAME_OR_PATH or --test-file FILE")

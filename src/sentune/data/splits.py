@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sentune.data.readers import RawSplit, find_split_files, read_aclimdb, read_labelled_file, read_texts
+from sentune.data.sources import load_hub_split, load_hub_splits, load_package_dataset
+from sentune.data.text import encode_texts, normalize_tweet, wants_tweet_normalization
 from sentune.errors import DataError
-from sentune.readers import RawSplit, find_split_files, read_aclimdb, read_labelled_file, read_texts
-from sentune.sources import load_hub_split, load_hub_splits, load_package_dataset
-from sentune.text import encode_texts, normalize_tweet, wants_tweet_normalization
 
 __all__ = ["Splits", "encode_texts", "load_labelled", "load_splits", "normalize_tweet", "read_texts",
            "wants_tweet_normalization"]
@@ -166,7 +166,7 @@ def _raw_splits(data: DataConfig) -> dict[str, RawSplit | None]:
 
 def _looks_like_path(spec: str) -> bool:
     """A spec meant as a local path (so a typo is "no such file", not a Hub download attempt)."""
-    from sentune.readers import LABELLED_FORMATS, file_format
+    from sentune.data.readers import LABELLED_FORMATS, file_format
 
     return spec.startswith((".", "/", "~")) or file_format(Path(spec)) in LABELLED_FORMATS
 

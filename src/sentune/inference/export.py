@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sentune.errors import ConfigError, ModelError
-from sentune.predict import ONNX_FILE, Classifier
+from sentune.inference.classifier import ONNX_FILE, Classifier
 
 CHECK_LIMIT = 1000  # rows of --check-file used for the parity check
 
@@ -94,7 +94,7 @@ def check_texts_from(path: str | None, text_column: str = "text") -> list[str]:
         # Long texts too: truncation and long-sequence attention must survive the export.
         long = [" ".join(BUILTIN_TEXTS[i : i + 12]) for i in range(0, len(BUILTIN_TEXTS), 4)]
         return BUILTIN_TEXTS + long
-    from sentune import data
+    from sentune.data import splits as data
 
     texts = []
     for row in data.read_texts(path, text_column):

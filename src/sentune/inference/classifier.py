@@ -33,7 +33,7 @@ class Settings:
 
 def read_settings(path: str, config, tokenizer) -> Settings:
     """Training metadata when present, else defaults that fit any plain save_pretrained folder."""
-    from sentune import data
+    from sentune.data import splits as data
 
     meta = dict(getattr(config, "sentune", None) or {})
     labels = [config.id2label[i] for i in range(config.num_labels)]
@@ -196,7 +196,7 @@ class Classifier:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids exactly as in training: tweet normalization, then head/tail truncation."""
-        from sentune import data
+        from sentune.data import splits as data
 
         s = self.settings
         if s.normalize_tweets:

@@ -1,0 +1,1 @@
+"""Metrics, the evaluate command, calibration and reports."""

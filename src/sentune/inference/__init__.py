@@ -1,0 +1,1 @@
+"""Using a trained model: the Classifier, file prediction, sharded prediction, ONNX export."""
