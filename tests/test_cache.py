@@ -179,7 +179,7 @@ def test_building_leaves_the_model_mode_alone(tokenized):
 def test_unwritable_cache_dir(tokenized, tmp_path):
     """Memory caches only keep a disk copy for later runs: failing to write it warns and trains on;
     a disk cache that cannot be written is one clear error naming the way out."""
-    from sentune.rundir import WriteError
+    from sentune.errors import WriteError
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache folder should be")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from sentune.cli import main
 from sentune.errors import DataError
-from sentune.evaluation.evaluate import compute_metrics, expected_calibration_error, reliability_table, selection_score
+from sentune.evaluation.metrics import compute_metrics, expected_calibration_error, reliability_table, selection_score
 
 NAMES = ["neg", "neu", "pos"]
 # label, probabilities, predicted, correct: see the comments for the hand computation

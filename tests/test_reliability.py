@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from test_resume import ENV, cli_args, fit_one_thread, flags
 
-from sentune import config, rundir
-from sentune.errors import SentuneError
+from sentune import atomic, config, rundir
+from sentune.errors import OutOfMemory, SentuneError, WriteError
 from sentune.training import checkpoint, guards
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sentune"
@@ -54,10 +54,10 @@ def write_files(content: str):
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
 def test_atomic_dir_replaces_whole_folders(tmp_path, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     target = tmp_path / "best"
-    rundir.atomic_dir(target, write_files("one"))
-    rundir.atomic_dir(target, write_files("two"))
+    atomic.atomic_dir(target, write_files("one"))
+    atomic.atomic_dir(target, write_files("two"))
     assert (target / "a.txt").read_text() == "two" and leftovers(tmp_path) == []
 
 
@@ -65,27 +65,27 @@ def test_atomic_dir_replaces_whole_folders(tmp_path, monkeypatch, exchange):
                                    RuntimeError("Error while serializing: I/O error: No space left (os error 28)")])
 def test_failed_folder_write_is_one_error_and_keeps_the_old_folder(tmp_path, fault):
     target = tmp_path / "best"
-    rundir.atomic_dir(target, write_files("old"))
+    atomic.atomic_dir(target, write_files("old"))
 
     def fail(d):
         (d / "a.txt").write_text("half")
         raise fault
 
-    with pytest.raises(rundir.WriteError, match=r"cannot write .*best.*previous copy is unchanged"):
-        rundir.atomic_dir(target, fail)
+    with pytest.raises(WriteError, match=r"cannot write .*best.*previous copy is unchanged"):
+        atomic.atomic_dir(target, fail)
     assert (target / "a.txt").read_text() == "old" and leftovers(tmp_path) == []
 
 
 def test_interrupt_or_bug_during_write_keeps_the_old_folder_and_propagates(tmp_path):
     target = tmp_path / "best"
-    rundir.atomic_dir(target, write_files("old"))
+    atomic.atomic_dir(target, write_files("old"))
     for error in (KeyboardInterrupt, ValueError):
         def fail(d, error=error):
             (d / "a.txt").write_text("half")
             raise error
 
         with pytest.raises(error):
-            rundir.atomic_dir(target, fail)
+            atomic.atomic_dir(target, fail)
         assert (target / "a.txt").read_text() == "old" and leftovers(tmp_path) == []
 
 
@@ -95,7 +95,7 @@ def test_recover_puts_back_a_folder_left_aside_by_a_kill(tmp_path):
     aside.mkdir()
     (aside / "a.txt").write_text("old")
     (tmp_path / ".best.x1.tmp").mkdir()  # a killed write's temporary folder
-    rundir.recover(tmp_path / "best")
+    atomic.recover(tmp_path / "best")
     assert (tmp_path / "best" / "a.txt").read_text() == "old" and leftovers(tmp_path) == []
 
 
@@ -107,7 +107,7 @@ def test_failed_file_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(rundir.WriteError, match="No space left"):
+    with pytest.raises(WriteError, match="No space left"):
         rundir.append_jsonl(path, {"epoch": 2})
     assert rundir.read_jsonl(path) == [{"epoch": 1}] and leftovers(tmp_path) == []
 
@@ -262,7 +262,7 @@ def test_out_of_memory_messages():
     assert "smaller --max-length or a larger --freeze-layers" in guards.out_of_memory_message(1, 1, 512)
     for error in (torch.OutOfMemoryError("CUDA out of memory"), RuntimeError("MPS backend out of memory"),
                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")):
-        with pytest.raises(guards.OutOfMemory), guards.out_of_memory_hint(8, 1, 128):
+        with pytest.raises(OutOfMemory), guards.out_of_memory_hint(8, 1, 128):
             raise error
     with pytest.raises(RuntimeError, match="unrelated"), guards.out_of_memory_hint(8, 1, 128):
         raise RuntimeError("unrelated")

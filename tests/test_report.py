@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from sentune import config as config_lib
-from sentune.errors import ConfigError
+from sentune.errors import ConfigError, WriteError
 from sentune.evaluation import report
-from sentune.evaluation.evaluate import compute_metrics
+from sentune.evaluation.metrics import compute_metrics
 
 NAMES = ["neg", "pos"]
 
@@ -77,6 +77,15 @@ def test_eval_report_embeds_plots_and_numbers(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 60
     assert_png(tmp_path / "confusion_matrix.png", report.CONFUSION_INCHES)
     assert_png(tmp_path / "reliability.png", report.RELIABILITY_INCHES)
+
+
+def test_a_failed_report_write_is_a_write_error(tmp_path):
+    metrics = compute_metrics(*probs_and_labels(), NAMES)
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+    with pytest.raises(WriteError, match="cannot write .*taken"):
+        report.write_eval_report(tmp_path / "taken" / "out", metrics)
+    with pytest.raises(WriteError, match="cannot write .*taken"):
+        report.plot_curves(ROWS, 1, tmp_path / "taken" / "curves.png")
 
 
 def make_run(run_dir, select_on="validation", final=True):

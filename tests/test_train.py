@@ -115,7 +115,7 @@ def test_recipe_options_run(tiny_bert_dir, toy_files, tmp_path, flags):
 
 
 def test_select_uses_the_named_score_not_accuracy():
-    from sentune.evaluation.evaluate import selection_key
+    from sentune.evaluation.metrics import selection_key
     from sentune.training.loop import TrainState, select
 
     key = selection_key("validation", "macro_recall")
@@ -128,7 +128,7 @@ def test_select_uses_the_named_score_not_accuracy():
 
 
 def test_select_metric_macro_recall_end_to_end(tiny_bert_dir, toy_files, tmp_path, capsys):
-    from sentune.evaluation.evaluate import selection_score
+    from sentune.evaluation.metrics import selection_score
 
     p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=2, patience=5,
                             validation_file=str(toy_files["validation"]), select_metric="macro_recall"))

@@ -28,3 +28,11 @@ class ModelError(SentuneError):
 
 class OfflineError(SentuneError):
     """Something had to be downloaded and the network (or the Hub) is unreachable."""
+
+
+class WriteError(SentuneError):
+    """A file or folder could not be written (disk full, permissions); the previous copy is left intact."""
+
+
+class OutOfMemory(SentuneError):
+    """The device ran out of memory; the message says which flags to change."""

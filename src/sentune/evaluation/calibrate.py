@@ -8,12 +8,11 @@ positive) with L-BFGS; `calibrate_model` stores T in the model folder's config.j
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from sentune.atomic import atomic_write_text
 from sentune.errors import ConfigError, DataError, ModelError
 
 # Beyond these the validation set is separable or degenerate, and T would run off to 0 or infinity.
@@ -43,7 +42,7 @@ def fit_temperature(logits, labels, max_iter: int = 200) -> float:
 
 
 def nll_and_ece(logits, labels, temperature: float = 1.0) -> tuple[float, float]:
-    from sentune.evaluation.evaluate import expected_calibration_error
+    from sentune.evaluation.metrics import expected_calibration_error
     from sentune.inference.classifier import softmax
 
     probs = softmax(np.asarray(logits), temperature).astype(np.float64)
@@ -53,7 +52,7 @@ def nll_and_ece(logits, labels, temperature: float = 1.0) -> tuple[float, float]
 
 
 def store_temperature(model_dir: str | Path, temperature: float) -> Path:
-    """Write `sentune.temperature` into config.json atomically (temporary sibling, then rename)."""
+    """Write `sentune.temperature` into config.json atomically; a failed write is a WriteError, the file unchanged."""
     path = Path(model_dir) / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -62,14 +61,7 @@ def store_temperature(model_dir: str | Path, temperature: float) -> Path:
     meta = config.get("sentune") or {}
     meta["temperature"] = float(temperature)
     config["sentune"] = meta
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.json.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ModelError(f"cannot write {path}: {e.strerror or e}; the model folder is unchanged") from None
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 

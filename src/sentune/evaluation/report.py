@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sentune.errors import ConfigError
+from sentune.atomic import atomic_write_text
+from sentune.errors import ConfigError, WriteError
+from sentune.evaluation.metrics import ece_of_table, selection_key
 from sentune.rundir import read_jsonl
 
 DPI = 100
@@ -34,8 +36,11 @@ def _figure(inches: tuple[float, float]):
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")  # no bbox_inches="tight": it would change the pixel size
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI, format="png")  # no bbox_inches="tight": it would change the pixel size
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 
@@ -66,15 +71,13 @@ def plot_confusion(cm: Sequence[Sequence[int]], label_names: Sequence[str], path
 
 def plot_reliability(labels, probs, path: str | Path, bins: int = 15) -> Path:
     """Reliability diagram of top-label confidence (bars: accuracy per bin) over a confidence histogram."""
-    from sentune.evaluation.evaluate import reliability_table
+    from sentune.evaluation.metrics import reliability_table
 
     return plot_reliability_table(reliability_table(labels, probs, bins), path)
 
 
 def plot_reliability_table(table: dict, path: str | Path) -> Path:
     """The same diagram from `compute_metrics(...)["reliability"]` (no probabilities needed)."""
-    from sentune.evaluation.evaluate import _ece
-
     bins = table["bins"]
     centers = (np.arange(bins) + 0.5) / bins
     acc = np.array([np.nan if a is None else a for a in table["accuracy"]])
@@ -85,7 +88,7 @@ def plot_reliability_table(table: dict, path: str | Path) -> Path:
     top.bar(centers, conf - acc, bottom=acc, width=1 / bins, facecolor=(1, 0, 0, 0.15), edgecolor="tab:red",
             hatch="//", label="gap to confidence")
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set(ylim=(0, 1), ylabel="accuracy", title=f"Reliability (ECE {_ece(table):.4f}, {bins} bins)")
+    top.set(ylim=(0, 1), ylabel="accuracy", title=f"Reliability (ECE {ece_of_table(table):.4f}, {bins} bins)")
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(centers, table["count"], width=1 / bins, color="gray", edgecolor="black")
     bottom.set(xlim=(0, 1), xlabel="confidence (top-label probability)", ylabel="examples")
@@ -170,11 +173,7 @@ def write_eval_report(out_dir: str | Path, metrics: dict, title: str | None = No
 
 
 def _write_text(path: Path, text: str) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text.rstrip() + "\n", encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+    atomic_write_text(path, text.rstrip() + "\n")  # a failed write is a WriteError, the old report stays
     return path
 
 
@@ -212,8 +211,6 @@ def best_epoch(rows: list[dict], select_on: str, manifest: dict, final: dict | N
     for source in (manifest, final or {}):
         if source.get("best_epoch") is not None:
             return int(source["best_epoch"])
-    from sentune.evaluation.evaluate import selection_key
-
     key = selection_key(select_on, select_metric)
     scored = [row for row in rows if row.get(key) is not None]
     if not scored:

@@ -31,7 +31,7 @@ import torch
 
 from sentune import model as model_lib
 from sentune.data.batches import BatchPlan, Feed, padded_length
-from sentune.rundir import WriteError
+from sentune.errors import WriteError
 
 FORMAT_VERSION = 1
 RAM_FRACTION = 0.25  # auto keeps the cache in RAM when it needs at most this share of the available memory

@@ -14,13 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
-from sentune.errors import SentuneError
+from sentune.errors import OutOfMemory, SentuneError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers (SLURM, k8s) send before a kill
-
-
-class OutOfMemory(SentuneError):
-    """The device ran out of memory; the message says which flags to change."""
 
 
 class StopRequest:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from sentune import model as model_lib
 from sentune import rundir
 from sentune.config import Config
-from sentune.evaluation.evaluate import selection_key, selection_score
+from sentune.evaluation.metrics import selection_key, selection_score
 from sentune.training import checkpoint, guards
 from sentune.training.checkpoint import TrainState
 from sentune.training.prepare import Prepared, prepare
@@ -259,7 +259,7 @@ def final_test_metrics(p: Prepared) -> dict | None:
     out = evaluate(p, "test", with_probs=True)
     if not p.is_main:
         return None
-    from sentune.evaluation.evaluate import compute_metrics
+    from sentune.evaluation.metrics import compute_metrics
 
     labels = torch.tensor(p.splits.test["label"])
     metrics = compute_metrics(labels.numpy(), out["probs"].numpy(), p.splits.label_names)

@@ -15,7 +15,7 @@ from sentune import model as model_lib
 from sentune import rundir
 from sentune.config import Config
 from sentune.data import splits as data
-from sentune.errors import ConfigError
+from sentune.errors import ConfigError, WriteError
 
 
 @dataclass
@@ -143,7 +143,7 @@ def resolve_run_dir(cfg: Config, acc) -> Path:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise rundir.WriteError(f"cannot create the run directory {path}: {e.strerror or e}") from None
+            raise WriteError(f"cannot create the run directory {path}: {e.strerror or e}") from None
     return path
 
 
