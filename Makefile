@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install install-test lint bench clean
+.PHONY: demo test test-precisions install install-test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo: install
 test: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
+
+# The training tests with the CPU's bf16 detection forced on, then off: the suite must not depend on the host.
+PRECISION_TESTS ?= tests/test_train.py tests/test_precision.py tests/test_cli.py
+test-precisions: install-test
+	SENTUNE_CPU_BF16=1 $(BIN)/python -m pytest -q $(PRECISION_TESTS)
+	SENTUNE_CPU_BF16=0 $(BIN)/python -m pytest -q $(PRECISION_TESTS)
 
 lint: install-test
 	$(BIN)/ruff check src tests bench

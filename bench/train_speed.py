@@ -115,10 +115,9 @@ def resolved_precision(precision: str) -> str:
     """What `--precision` means on this machine (auto is fp32 on a CPU without native bf16)."""
     import torch
 
-    from sentune.training.prepare import resolve_precision
+    from sentune.precision import resolve_precision
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"no": "fp32"}.get(resolve_precision(precision, device), resolve_precision(precision, device))
+    return resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def cpu_seconds() -> float:

@@ -20,7 +20,8 @@ def sentune(*args, cwd=None, timeout=300):
 def test_train_prints_the_reference_lines(tiny_bert_dir, toy_files, tmp_path):
     out = sentune("train", "--model", tiny_bert_dir, "--train-file", toy_files["train"], "--test-file",
                   toy_files["test"], "--freeze-layers", 1, "--max-length", 32, "--batch-size", 16, "--epochs", 3,
-                  "--patience", 1, "--lr-encoder", 0, "--lr-head", 0, "--output-dir", tmp_path / "run")
+                  "--patience", 1, "--lr-encoder", 0, "--lr-head", 0, "--output-dir", tmp_path / "run",
+                  "--precision", "fp32")
     assert out.returncode == 0, out.stderr
     assert "Training: 100%" in out.stderr and "train_acc=" in out.stderr
     assert "Parameters:" in out.stdout and "trainable of" in out.stdout
@@ -67,7 +68,7 @@ def test_imdb_preset_offline_fails_fast_and_clearly(tmp_path):
 
 def test_demo_preset_with_tiny_limits(tmp_path):
     out = sentune("train", "--preset", "demo", "--limit-train", 48, "--limit-eval", 24, "--epochs", 1,
-                  "--max-length", 32, "--output-dir", tmp_path / "demo", "--no-progress")
+                  "--max-length", 32, "--output-dir", tmp_path / "demo", "--no-progress", "--precision", "fp32")
     assert out.returncode == 0, out.stderr
     assert "labels: negative, neutral, positive" in out.stdout
     final = json.loads((tmp_path / "demo" / "final_metrics.json").read_text())
@@ -78,7 +79,7 @@ def test_config_file_and_python_m(tmp_path, tiny_bert_dir, toy_files):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {{model: {tiny_bert_dir}, freeze_layers: 2}}\n"
                    f"data: {{train_file: {toy_files['train']}, max_length: 16}}\n"
-                   "train: {epochs: 1, batch_size: 32, select_on: test}\n")
+                   "train: {epochs: 1, batch_size: 32, select_on: test, precision: fp32}\n")
     out = sentune("train", "--config", cfg, "--test-file", toy_files["test"], "--output-dir", tmp_path / "r")
     assert out.returncode == 0, out.stderr
     saved = (tmp_path / "r" / "config.yaml").read_text()

@@ -177,3 +177,39 @@ def test_sharded_predict_refuses_stdin(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="--input FILE"):
         load_for_launch(lambda device: None, "-")
+
+
+# Under torchrun the process group is the launcher's: a second run in the same process may reuse it with the
+# same settings, and other settings are one clear error rather than Accelerate's "restart your runtime".
+SECOND_RUN = """
+import json, os, sys
+from sentune import config
+from sentune.errors import ConfigError
+from sentune.training.accel import make_accelerator
+
+def accelerator(precision):
+    return make_accelerator(config.resolve(None, None, {"precision": precision, "device": "cpu"}))
+
+first = accelerator("fp32").num_processes
+same = accelerator("fp32").num_processes
+try:
+    accelerator("bf16")
+    other = None
+except ConfigError as e:
+    other = str(e)
+with open(os.path.join(sys.argv[1], "rank-" + os.environ["RANK"]), "w") as f:
+    json.dump({"first": first, "same": same, "other": other}, f)
+"""
+
+
+def test_second_run_under_torchrun_needs_the_same_settings(tmp_path):
+    script = tmp_path / "second_run.py"
+    script.write_text(SECOND_RUN)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"rank-{rank}").read_text())
+        assert r["first"] == r["same"] == 2
+        assert "precision fp32 on CPU" in r["other"] and "precision bf16 on CPU" in r["other"]
+        assert "torchrun" in r["other"]

@@ -1,4 +1,7 @@
-"""End-to-end training on tiny random models: selection, early stopping, best-weight reload, run directory."""
+"""End-to-end training on tiny random models: selection, early stopping, best-weight reload, run directory.
+
+Every run pins its precision (fp32 unless the test is about bf16): `auto` would follow the host CPU.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from sentune.training.loop import fit
 def tiny_cfg(model_dir, files, tmp_path, **flags):
     base = {"model": str(model_dir), "train_file": str(files["train"]), "test_file": str(files["test"]),
             "freeze_layers": 1, "max_length": 32, "batch_size": 16, "epochs": 2, "patience": 2,
-            "lr_encoder": 3e-3, "lr_head": 3e-3, "cache": "off", "progress": False,
+            "lr_encoder": 3e-3, "lr_head": 3e-3, "cache": "off", "progress": False, "precision": "fp32",
             "output_dir": str(tmp_path / "run")}
     return config.resolve(None, None, {**base, **flags})
 
@@ -143,3 +146,60 @@ def test_select_metric_macro_recall_end_to_end(tiny_bert_dir, toy_files, tmp_pat
     manifest = json.loads((p.run_dir / "manifest.json").read_text())
     assert manifest["select_metric"] == "macro_recall"
     assert "on validation macro-recall" in (p.run_dir / "report.md").read_text()
+
+
+# ---- re-entrant training: several runs in one process ------------------------------------------------
+FRESH_PROCESS = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from sentune import config
+from sentune.training.loop import fit
+p, _ = fit(config.resolve(None, None, json.loads(sys.argv[1])))
+torch.save({k: v.detach().clone() for k, v in p.model.state_dict().items()}, sys.argv[2])
+"""
+
+
+def weights(p) -> dict:
+    return {k: v.detach().clone() for k, v in p.accelerator.unwrap_model(p.model).state_dict().items()}
+
+
+def fresh_process_weights(flags: dict, out) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(flags), str(out)],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return torch.load(out)
+
+
+def test_three_precisions_in_one_process_match_fresh_processes(tiny_bert_dir, toy_files, tmp_path):
+    base = {"model": str(tiny_bert_dir), "train_file": str(toy_files["train"]), "test_file": str(toy_files["test"]),
+            "freeze_layers": 1, "max_length": 32, "batch_size": 16, "epochs": 1, "select_on": "test",
+            "lr_encoder": 3e-3, "lr_head": 3e-3, "cache": "off", "progress": False, "device": "cpu"}
+    runs = [{"precision": "fp32"}, {"precision": "bf16", "grad_accum": 2}, {"precision": "fp32"}]
+    inline = []
+    for i, extra in enumerate(runs):
+        p, _ = fit(config.resolve(None, None, {**base, **extra, "output_dir": str(tmp_path / f"in-{i}")}))
+        assert p.accelerator.mixed_precision == {"fp32": "no"}.get(extra["precision"], extra["precision"])
+        assert p.accelerator.gradient_accumulation_steps == extra.get("grad_accum", 1)
+        inline.append(weights(p))
+    for i in (0, 1):
+        fresh = fresh_process_weights({**base, **runs[i], "output_dir": str(tmp_path / f"fresh-{i}")},
+                                      tmp_path / f"fresh-{i}.pt")
+        for name, tensor in fresh.items():
+            torch.testing.assert_close(inline[i][name], tensor, rtol=0, atol=1e-6, msg=name)
+    for name, tensor in inline[0].items():  # the third run (fp32 after bf16) is the first one again
+        torch.testing.assert_close(inline[2][name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert any(not torch.equal(inline[0][n], inline[1][n]) for n in inline[0])  # bf16 really ran in bf16
+
+
+def test_auto_precision_follows_the_cpu_detection(tiny_bert_dir, toy_files, tmp_path):
+    from sentune.precision import cpu_has_bf16
+
+    p, _ = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=1, select_on="test", precision="auto",
+                        device="cpu"))
+    assert p.accelerator.mixed_precision == ("bf16" if cpu_has_bf16() else "no")
+    assert json.loads((p.run_dir / "manifest.json").read_text())["precision"] == p.accelerator.mixed_precision

@@ -15,7 +15,8 @@ from sentune import model as model_lib
 from sentune import rundir
 from sentune.config import Config
 from sentune.data import splits as data
-from sentune.errors import ConfigError, WriteError
+from sentune.errors import WriteError
+from sentune.training.accel import make_accelerator
 
 
 @dataclass
@@ -93,42 +94,6 @@ class SplitForward(torch.nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         return model_lib.forward_logits(self.model, batch, self.k)
-
-
-def resolve_precision(precision: str, device_type: str) -> str:
-    """auto: bf16 where the hardware has it (no loss scaling needed), fp16 + GradScaler on older GPUs."""
-    if precision != "auto":
-        return {"fp32": "no"}.get(precision, precision)
-    if device_type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device_type == "cpu":
-        return "bf16" if cpu_has_bf16() else "no"
-    return "no"
-
-
-def cpu_has_bf16() -> bool:
-    """True only for native bf16 (AMX or AVX512-BF16). oneDNN also emulates bf16 on plain AVX512, but
-    measured on such a CPU (Xeon, avx512f without bf16) bf16 autocast trained 3.6x slower than fp32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def make_accelerator(cfg: Config):
-    from accelerate import Accelerator
-
-    if cfg.run.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available()
-                                      and not torch.backends.mps.is_available())
-    device_type = "cpu" if cpu else ("cuda" if torch.cuda.is_available() else cfg.run.device)
-    precision = resolve_precision(cfg.train.precision, device_type)
-    if precision == "fp16" and device_type == "cpu":
-        raise ConfigError("--precision fp16 needs a GPU; on CPU use --precision bf16 or fp32")
-    return Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_steps=cfg.train.grad_accum)
 
 
 def resolve_run_dir(cfg: Config, acc) -> Path:

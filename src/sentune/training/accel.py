@@ -1,0 +1,60 @@
+"""The Accelerator of one training run, re-entrant: any number of runs, any settings, in one process.
+
+Accelerate keeps its state (device, mixed precision, process group, gradient-accumulation flags) in
+per-process singletons and refuses a second Accelerator with another precision. Between single-process
+runs we clear those singletons the way Accelerate's own test base class (`AccelerateTestCase.tearDown`)
+does, so run N starts exactly as a fresh process would. Under torchrun the process group belongs to the
+launcher, so one configuration per process: a later run with the same settings reuses it, another one is
+a ConfigError instead of Accelerate's "restart your runtime".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sentune.config import Config
+from sentune.errors import ConfigError
+from sentune.precision import resolve_precision
+
+ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+
+    cpu, device_type = pick_device(cfg.run.device)
+    precision = ACCELERATE_PRECISION[resolve_precision(cfg.train.precision, device_type)]
+    fresh_state(precision, cpu)
+    return Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_steps=cfg.train.grad_accum)
+
+
+def pick_device(device: str) -> tuple[bool, str]:
+    """(Accelerate's cpu flag, the device type the precision is resolved for)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available()
+                              and not torch.backends.mps.is_available())
+    return cpu, "cpu" if cpu else ("cuda" if torch.cuda.is_available() else device)
+
+
+def fresh_state(precision: str, cpu: bool) -> None:
+    """Leave Accelerate as a new process has it, before an Accelerator with these settings is built."""
+    from accelerate.state import AcceleratorState, GradientState, is_initialized
+
+    GradientState._reset_state()  # sync flags and dataloader refs of the previous run; no process-group tie
+    if not is_initialized():
+        return
+    state = AcceleratorState()
+    if state.num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return
+    before, asked = (state.mixed_precision, state.device.type == "cpu"), (precision, cpu)
+    if before != asked:
+        raise ConfigError(
+            f"this process already trained with {describe(*before)}; under torchrun every run in one process "
+            f"needs the same --precision and --device (asked: {describe(*asked)}); "
+            "start another torchrun for the other settings")
+
+
+def describe(precision: str, cpu: bool) -> str:
+    return f"precision {'fp32' if precision == 'no' else precision} on {'CPU' if cpu else 'GPU'}"
