@@ -208,6 +208,47 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
 
 
 @main.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", type=str, default=None,
+              help="txt (one text per line), csv, tsv or jsonl(.gz) file; - reads stdin")
+@click.option("--text-column", type=str, default="text", show_default=True)
+@click.option("--target", type=str, default=None, help="explain this label instead of the predicted one")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="integration steps (more: smaller convergence delta, slower)  [default: 32]")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "color"]), default="auto", show_default=True,
+              help="auto: coloured text on a terminal, else one JSON line per text")
+def explain(model_dir: str, texts: tuple[str, ...], input_path: str | None, text_column: str,
+            target: str | None, steps: int | None, fmt: str) -> None:
+    """Why each text got its label: a signed integrated-gradients score per word.
+
+    Positive words push toward the explained label, negative ones away from it; the scores sum to the
+    change of its logit from an all-padding baseline, up to the printed convergence delta.
+    """
+    import json
+
+    from sentune.data.splits import read_texts
+    from sentune.errors import ConfigError
+    from sentune.inference.classifier import Classifier
+    from sentune.inference.explain_view import colour_lines
+    from sentune.inference.files import output_record
+
+    if bool(texts) == bool(input_path):
+        raise ConfigError("give either TEXT arguments or --input FILE (--input - reads stdin)")
+    quiet_transformers()
+    clf = Classifier.load(model_dir)
+    colour = fmt == "color" or (fmt == "auto" and sys.stdout.isatty())
+    rows = ({"text": t} for t in texts) if texts else read_texts(input_path, text_column)
+    for index, row in enumerate(rows):
+        record = clf.explain([row["text"]], target=target, steps=steps)[0]
+        if colour:
+            for line in colour_lines(record):
+                click.echo(line, color=True)
+        else:
+            click.echo(json.dumps(output_record(row, record, index)))
+
+
+@main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="dynamic int8 quantization")

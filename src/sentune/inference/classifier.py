@@ -156,8 +156,11 @@ def pick_device(device: str) -> str:
 class Classifier:
     """A text classifier ready to predict: `Classifier.load(path).predict(["great film"])`."""
 
-    def __init__(self, runner, tokenizer, settings: Settings, *, backend: str, device: str, name: str):
+    def __init__(self, runner, tokenizer, settings: Settings, *, backend: str, device: str, name: str,
+                 path: str | None = None):
         self.runner = runner
+        self.path = path
+        self._explainer = None
         self.tokenizer = tokenizer
         self.settings = settings
         self.backend = backend
@@ -184,7 +187,8 @@ class Classifier:
             raise ModelError(f"cannot load the config or tokenizer from {path}: {e}") from None
         settings = read_settings(str(folder), config, tokenizer)
         runner = OnnxRunner(str(folder), device) if backend == "onnx" else TorchRunner(str(folder), device, bf16)
-        return cls(runner, tokenizer, settings, backend=backend, device=device, name=model_name(folder, config))
+        return cls(runner, tokenizer, settings, backend=backend, device=device, name=model_name(folder, config),
+                   path=str(folder))
 
     @property
     def labels(self) -> list[str]:
@@ -225,6 +229,25 @@ class Classifier:
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict]:
         """Per text: {"label": best label, "score": its probability, "probs": {label: probability}}."""
         return self.to_predictions(self.predict_proba(texts, batch_size))
+
+    def explain(self, texts: Sequence[str], target: str | None = None, steps: int | None = None) -> list[dict]:
+        """Per text: the explained label, its words and a signed integrated-gradients score per word.
+
+        Scores sum to f(text) - f(baseline) for the explained (temperature-scaled) logit, up to `delta`;
+        see inference/explain.py. Needs PyTorch weights and `captum` (pip install 'sentune[explain]').
+        """
+        from sentune.inference import explain as explain_lib
+
+        return explain_lib.explain(self, texts, target, steps or explain_lib.DEFAULT_STEPS)
+
+    def explainer(self):
+        """The integrated-gradients engine, built on first use (it holds a float32 torch model)."""
+        if self._explainer is None:
+            from sentune.inference.explain import Explainer, torch_model_for
+
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            self._explainer = Explainer(torch_model_for(self), pad, self.settings.temperature)
+        return self._explainer
 
     def to_predictions(self, probs: np.ndarray) -> list[dict]:
         labels = self.settings.labels

@@ -1,0 +1,184 @@
+"""Word attributions: completeness, word merging (WordPiece, byte-level BPE), truncation, task types, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import build_model, build_tokenizer
+from tiny_trained import train_tiny
+
+from sentune import Classifier
+from sentune.cli import main
+from sentune.errors import ConfigError
+from sentune.inference.explain import encode_for_explain, word_of_tokens
+
+pytest.importorskip("captum", reason="pip install 'sentune[explain]'")
+
+STEPS = 256  # tiny models are cheap; many steps make the completeness check tight
+TEXTS = ["the film was great", "awful boring plot, really dull!", "it was fine", "brilliant"]
+
+
+@pytest.fixture(scope="module")
+def sharp_dir(tmp_path_factory) -> Path:
+    # 15 steps, not the usual 30: trained longer, the toy model's logit jumps like a step function along
+    # the path from the baseline (a=0.58 in one measurement), and no practical step count integrates that
+    return train_tiny(tmp_path_factory.mktemp("sharp"), steps=15)
+
+
+@pytest.fixture(scope="module")
+def sharp(sharp_dir) -> Classifier:
+    return Classifier.load(sharp_dir)
+
+
+def assert_complete(record: dict) -> None:
+    """Completeness of IG, checked against our own forward passes: sum of word scores = f(text) - f(baseline)."""
+    change = record["value"] - record["baseline_value"]
+    total = sum(s for s in record["scores"] if s is not None)
+    assert total == pytest.approx(change, abs=1e-3 + 0.01 * abs(change))
+    # the reported delta is exactly that gap (Captum's convergence delta)
+    assert record["delta"] == pytest.approx(total - change, abs=1e-4)
+
+
+@pytest.mark.parametrize("model", ["trained", "bert", "roberta"])
+def test_scores_sum_to_the_change_of_the_explained_logit(model, sharp, tiny_bert_dir, tiny_roberta_dir):
+    clf = sharp if model == "trained" else Classifier.load(tiny_bert_dir if model == "bert" else tiny_roberta_dir)
+    records = clf.explain(TEXTS, steps=STEPS)
+    predicted = clf.predict(TEXTS)
+    for record, text, pred in zip(records, TEXTS, predicted, strict=True):
+        assert record["words"] == text.split()
+        assert len(record["scores"]) == len(record["words"])
+        assert record["label"] == pred["label"] and record["score"] == pytest.approx(pred["score"], abs=1e-5)
+        assert record["value"] == pytest.approx(float(clf.logits([text])[0][clf.labels.index(pred["label"])]),
+                                                abs=1e-4)
+        assert_complete(record)
+
+
+def test_few_steps_show_a_larger_delta_than_many(sharp):
+    """The delta measures the integral's error: it is not zero by construction."""
+    text = "awful boring plot, really dull!"
+    few, many = sharp.explain([text], steps=2)[0], sharp.explain([text], steps=STEPS)[0]
+    assert abs(few["delta"]) > 10 * abs(many["delta"]) and abs(few["delta"]) > 1e-3
+
+
+FLIP_CANDIDATES = ["the film was awful", "the plot was boring", "it was a bad movie", "the worst acting",
+                   "the film was great", "a brilliant story"]
+
+
+def test_a_word_that_flips_the_label_outweighs_one_that_changes_nothing(sharp):
+    checked = 0
+    for text in FLIP_CANDIDATES:
+        words = text.split()
+        base = sharp.predict([text])[0]
+        without = sharp.predict([" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))])
+        flips = [i for i, p in enumerate(without) if p["label"] != base["label"]]
+        inert = [i for i, p in enumerate(without) if abs(p["probs"][base["label"]] - base["score"]) < 0.01]
+        if not (flips and inert):
+            continue
+        scores = sharp.explain([text], steps=STEPS)[0]["scores"]
+        assert min(scores[i] for i in flips) > max(abs(scores[i]) for i in inert), text
+        checked += 1
+    assert checked, "the toy model should have texts with both kinds of word"
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_sub_word_tokens_merge_into_their_words(arch):
+    tok = build_tokenizer(arch)
+    text = "Unbelievably  dull!! plot, xylophone-ish ACTING of 2024 — meh"
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
+    owners = word_of_tokens(enc["offset_mapping"], spans)
+    assert None not in owners and owners == sorted(owners)  # every token has a word, in order
+    assert len(set(owners)) == len(spans)  # every word has a token
+    for w, (a, b) in enumerate(spans):
+        pieces = [t for t, o in zip(enc["input_ids"], owners, strict=True) if o == w]
+        decoded = tok.decode(pieces).replace(" ", "").replace("[UNK]", "?")
+        if "?" not in decoded:
+            assert decoded.lower() == text[a:b].lower()
+    assert len(enc["input_ids"]) > len(spans)  # the test really has sub-word splits
+
+
+def test_truncated_words_have_no_score_and_ids_match_predict(tmp_path, sharp_dir):
+    short = edit(sharp_dir, tmp_path / "short", max_length=8, truncation="head+tail", head_tokens=3)
+    clf = Classifier.load(short)
+    text = "great film but the plot was boring and dull and awful to the end"
+    [enc] = encode_for_explain(clf, [text])
+    assert enc.ids == clf.encode([text])[0]  # the model sees exactly what predict sees
+    record = clf.explain([text], steps=STEPS)[0]
+    seen = [s is not None for s in record["scores"]]
+    cut = seen.index(False)
+    assert all(seen[:cut]) and not any(seen[cut : cut + 3]) and seen[-1]  # head and tail kept, the middle cut
+    assert sum(w is not None for w in enc.token_word) == 6  # max_length 8 minus [CLS] and [SEP]
+    assert_complete(record)
+
+
+def edit(src: Path, dst: Path, **sentune) -> Path:
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["sentune"] = {**(config.get("sentune") or {}), **sentune}
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_tweets_are_explained_as_normalized(tmp_path, sharp_dir):
+    clf = Classifier.load(edit(sharp_dir, tmp_path / "tw", normalize_tweets=True))
+    record = clf.explain(["@someone great film https://x.y"], steps=16)[0]
+    assert record["words"] == ["@user", "great", "film", "http"]
+
+
+def test_target_explains_the_label_asked_for(sharp):
+    record = sharp.explain(["the film was great"], target="neg", steps=STEPS)[0]
+    assert record["label"] == "neg"
+    assert_complete(record)
+    with pytest.raises(ConfigError, match="labels: neg, pos"):
+        sharp.explain(["x"], target="nope")
+
+
+def save_task_model(path: Path, problem_type: str, num_labels: int) -> Path:
+    tokenizer = build_tokenizer("bert")
+    model = build_model("bert", num_labels=num_labels, vocab_size=len(tokenizer), seed=3)
+    model.config.problem_type = problem_type
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_multi_label_explains_each_predicted_label(tmp_path):
+    clf = Classifier.load(save_task_model(tmp_path / "ml", "multi_label_classification", 3))
+    logits = clf.logits(TEXTS)
+    for record, row in zip(clf.explain(TEXTS, steps=64), logits, strict=True):
+        chosen = [clf.labels[i] for i in range(3) if row[i] > 0] or [clf.labels[int(row.argmax())]]
+        assert sorted(e["label"] for e in record["explanations"]) == sorted(chosen)
+        for item in record["explanations"]:
+            assert_complete({**item, "words": record["words"]})
+
+
+def test_regression_explains_the_value(tmp_path):
+    clf = Classifier.load(save_task_model(tmp_path / "reg", "regression", 1))
+    for record, row in zip(clf.explain(TEXTS, steps=64), clf.logits(TEXTS), strict=True):
+        assert record["label"] == "value" and "score" not in record
+        assert record["value"] == pytest.approx(float(row[0]), abs=1e-4)
+        assert_complete(record)
+
+
+def test_cli_prints_one_json_line_per_text_off_a_terminal(sharp_dir, tmp_path):
+    texts = tmp_path / "in.jsonl"
+    texts.write_text('{"text": "the film was great", "id": "a"}\n{"text": "awful", "id": "b"}\n')
+    result = CliRunner().invoke(main, ["explain", str(sharp_dir), "--input", str(texts), "--steps", "8"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["id"] for r in records] == ["a", "b"] and records[1]["words"] == ["awful"]
+    assert {"label", "words", "scores", "delta"} <= set(records[0])
+
+
+def test_cli_colours_words_on_request_and_names_a_bad_target(sharp_dir):
+    result = CliRunner().invoke(main, ["explain", str(sharp_dir), "the film was great", "--format", "color",
+                                       "--steps", "8"], color=True)
+    assert result.exit_code == 0 and "\x1b[48;5;" in result.output and "convergence delta" in result.output
+    bad = CliRunner().invoke(main, ["explain", str(sharp_dir), "x", "--target", "nope"])
+    assert bad.exit_code == 2 and "not a label of this model" in bad.output
+    both = CliRunner().invoke(main, ["explain", str(sharp_dir)])
+    assert both.exit_code == 2 and "either TEXT" in both.output
