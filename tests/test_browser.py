@@ -7,6 +7,7 @@ screenshot of the result (docs/serve-page.png is made this way).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -27,15 +28,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
+@contextlib.contextmanager
+def running_server(app):
     import uvicorn
 
-    from sentune.inference.classifier import Classifier
-    from sentune.serve import Limits, create_app
-
-    model_dir = train_tiny(tmp_path_factory.mktemp("model"))
-    app = create_app(Classifier.load(model_dir), limits=Limits(max_chars=500))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -46,10 +42,26 @@ def server_url(tmp_path_factory):
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def server_url(model_dir):
+    from sentune.inference.classifier import Classifier
+    from sentune.serve import Limits, create_app
+
+    with running_server(create_app(Classifier.load(model_dir), limits=Limits(max_chars=500))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +88,7 @@ def test_page_shows_label_and_a_bar_per_class(page, server_url):
     text = "a great film, I loved the acting and the story was brilliant"
     page.wait_for_function("document.getElementById('model').textContent.includes('labels')")
     assert "neg, pos" in page.text_content("#model")
+    assert page.is_hidden("#keybox")  # this server needs no key
     page.fill("#text", text)
     page.click("#predict")
     page.wait_for_selector("#result:not([hidden])", timeout=10_000)
@@ -101,3 +114,25 @@ def test_page_shows_api_errors(page):
     page.click("#predict")
     page.wait_for_selector("#error:not([hidden])", timeout=10_000)
     assert "limit is 500" in page.text_content("#error")
+
+
+def test_page_asks_for_the_key_once_when_the_server_needs_one(page, model_dir):
+    from sentune.inference.classifier import Classifier
+    from sentune.serve import create_app
+
+    app = create_app(Classifier.load(model_dir), api_keys=["page-key-123456"])
+    with running_server(app) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#keybox:not([hidden])", timeout=10_000)
+        page.fill("#text", "a great film")
+        page.fill("#key", "wrong-key")
+        page.click("#predict")
+        page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+        assert "invalid API key" in page.text_content("#error")
+        page.fill("#key", "page-key-123456")
+        page.click("#predict")
+        page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+        assert page.is_hidden("#error")
+        page.reload()  # asked once: the tab remembers the key
+        page.wait_for_selector("#keybox:not([hidden])", timeout=10_000)
+        assert page.input_value("#key") == "page-key-123456"

@@ -280,20 +280,42 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
 @click.option("--host", type=str, default="127.0.0.1", show_default=True, help="0.0.0.0 exposes it to the network")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True)
+@click.option("--api-key", "api_keys", multiple=True, envvar="SENTUNE_API_KEY", show_envvar=True,
+              help="require 'Authorization: Bearer KEY' on /predict and /explain (repeatable)")
+@click.option("--api-keys-file", type=click.Path(dir_okay=False), default=None, help="more keys, one per line")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="worker processes, each with its own model and cores/N threads")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per worker [default: all "
+              "cores with one worker, cores/N with N]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="texts per model call when requests are micro-batched")
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="estimated tokens per model call; a larger request is split and takes turns")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="how long the first request waits for others to join its batch")
+@click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
+              help="texts waiting for the model (per worker); past it, 429 with Retry-After")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="seconds a request may wait for its predictions; past it, 503")
+@click.option("--graceful-timeout", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="seconds from SIGTERM to exit: in-flight requests finish or get 503")
 @click.option("--max-texts", type=click.IntRange(min=1), default=256, show_default=True, help="texts per request")
 @click.option("--max-chars", type=click.IntRange(min=1), default=20_000, show_default=True, help="characters per text")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
-def serve(model_dir: str, host: str, port: int, backend: str, max_batch: int, max_wait_ms: float,
-          max_texts: int, max_chars: int, max_body_bytes: int) -> None:
-    """Serve MODEL_DIR over HTTP: POST /predict, GET /health, GET /metadata, a web page at /, docs at /docs."""
-    from sentune.serve import Limits
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="access log on stderr: one line per request with its X-Request-ID")
+def serve(model_dir: str, host: str, port: int, workers: int, api_keys: tuple[str, ...],
+          api_keys_file: str | None, max_texts: int, max_chars: int, max_body_bytes: int, max_queue: int,
+          request_timeout: float, max_batch_tokens: int, graceful_timeout: float, **options) -> None:
+    """Serve MODEL_DIR over HTTP: POST /predict; GET /health, /ready, /metrics, /metadata; a web page at /."""
+    from sentune.serve import Deployment, Limits, Policy
     from sentune.serve import serve as serve_model
+    from sentune.serve.auth import load_api_keys
 
     quiet_transformers()
-    limits = Limits(max_body_bytes=max_body_bytes, max_texts=max_texts, max_chars=max_chars)
-    serve_model(model_dir, host=host, port=port, backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                limits=limits, log=lambda line: click.echo(line, err=True))
+    deployment = Deployment(
+        model_dir=model_dir, api_keys=load_api_keys(api_keys, api_keys_file), **options,
+        limits=Limits(max_body_bytes=max_body_bytes, max_texts=max_texts, max_chars=max_chars),
+        policy=Policy(max_queue=max_queue, request_timeout=request_timeout, max_batch_tokens=max_batch_tokens,
+                      graceful_timeout=graceful_timeout))
+    serve_model(deployment, host=host, port=port, workers=workers, log=lambda line: click.echo(line, err=True))

@@ -1,12 +1,15 @@
-"""The HTTP service: `POST /predict`, `GET /health`, `GET /metadata`, the web page at `/`, docs at /docs.
+"""The HTTP service: `POST /predict`, `GET /health`, `/ready`, `/metrics`, `/metadata`, the page at `/`, /docs.
 
-Every request mistake answers 4xx with a JSON body `{"error": "..."}`, never 500: a body over
-`max_body_bytes` (413), malformed JSON (400), wrong types, an empty list, too many texts or a text
-over `max_chars` (422).
+Every request mistake answers 4xx with a JSON body `{"error": "..."}`, never 500: no or a wrong API key
+(401), a body over `max_body_bytes` (413), malformed JSON (400), wrong types, an empty list, too many
+texts or a text over `max_chars` (422). Load answers too: a full queue is 429 with `Retry-After` at once,
+a request that waited past `request_timeout` (or met a shutdown) is 503. Every response carries an
+`X-Request-ID`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from importlib import resources
@@ -14,12 +17,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException
 
-from sentune.serve.batcher import MicroBatcher
+from sentune.serve.auth import ApiKeyAuth
+from sentune.serve.batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown, estimate_tokens
+from sentune.serve.observe import Metrics, Observe
 
 
 class PredictRequest(BaseModel):
@@ -44,6 +49,15 @@ class Limits(BaseModel):
     max_chars: int = 20_000
 
 
+class Policy(BaseModel):
+    """How the service behaves under load and at shutdown."""
+
+    max_queue: int | None = 512  # texts waiting for the model; past it, 429
+    request_timeout: float | None = 30.0  # seconds a request may wait; past it, 503
+    max_batch_tokens: int | None = 8192  # estimated tokens per model call
+    graceful_timeout: float = 10.0  # seconds from SIGTERM to exit
+
+
 class ErrorResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         # ASCII escapes: an error may echo a lone surrogate from the request ("\\ud800" is valid JSON),
@@ -51,8 +65,8 @@ class ErrorResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
-def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return ErrorResponse({"error": message, **extra}, status_code=status)
+def error(status: int, message: str, headers: dict | None = None, **extra: Any) -> JSONResponse:
+    return ErrorResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 class BodyLimit:
@@ -120,20 +134,95 @@ def check_request(req: PredictRequest, limits: Limits) -> list[str]:
     return texts
 
 
-def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0,
-               limits: Limits | None = None) -> FastAPI:
+async def classify(batcher: MicroBatcher, texts: list[str], request: Request, timeout: float | None) -> list:
+    """Predictions, or the HTTPException that says why not: 429 (queue full), 503 (timeout, shutdown) or
+    499 (the client went away first: its texts leave the line and cost no model time)."""
+    try:
+        job = batcher.enqueue(texts, timeout)
+    except QueueFull as e:
+        raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+    except ShuttingDown as e:
+        raise HTTPException(503, str(e), headers={"Retry-After": "1", "Connection": "close"}) from None
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not job.done():
+        job.cancel()
+        raise HTTPException(499, "client closed the connection")
+    try:
+        return job.result()
+    except (RequestTimeout, ShuttingDown) as e:
+        raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so receive() only reports that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@contextlib.contextmanager
+def drain_on_signal(batcher: MicroBatcher, seconds: float):
+    """On SIGTERM/SIGINT, before uvicorn's own handler: refuse new work, finish or 503 what waits.
+
+    uvicorn cancels whatever still runs after its graceful timeout, which would drop those requests
+    without an answer; draining a second earlier answers every one of them.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # run inside a test client or a thread: no signals to take
+        return
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(sig, frame):
+        loop.call_soon_threadsafe(batcher.begin_drain, seconds)
+        if callable(previous[sig]):
+            previous[sig](sig, frame)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, limits: Limits | None = None,
+               policy: Policy | None = None, api_keys: list[str] | None = None) -> FastAPI:
     """The service around a loaded `Classifier` (or anything with predict/labels/name/max_length/backend)."""
-    limits = limits or Limits()
-    batcher = MicroBatcher(lambda texts: classifier.predict(texts, batch_size=max_batch), max_batch, max_wait_ms)
+    limits, policy = limits or Limits(), policy or Policy()
+    metrics = Metrics()
+    batcher = MicroBatcher(lambda texts: classifier.predict(texts, batch_size=max_batch), max_batch, max_wait_ms,
+                           max_tokens=policy.max_batch_tokens, max_queue=policy.max_queue, observer=metrics,
+                           cost=lambda text: estimate_tokens(text, classifier.max_length))
+    ready = asyncio.Event()
+
+    async def warm_up() -> None:
+        await batcher.warm_up(["warm-up"])
+        ready.set()
+        metrics.ready.set(1)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
-        yield
+        warming = asyncio.ensure_future(warm_up())
+        with drain_on_signal(batcher, max(0.5, policy.graceful_timeout - 1.0)):
+            yield
+        warming.cancel()
         await batcher.close()  # uvicorn has already let in-flight requests finish
+        metrics.close()
 
     app = FastAPI(title="sentune", summary=f"text classification with {classifier.name}", lifespan=lifespan)
-    app.state.batcher = batcher
+    app.state.batcher, app.state.metrics = batcher, metrics
+    # outermost last: Observe sees every answer, auth runs before a body is read
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(ApiKeyAuth, keys=list(api_keys or ()))
+    app.add_middleware(Observe, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError):
@@ -144,24 +233,39 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0,
 
     @app.exception_handler(HTTPException)
     async def on_http(_request: Request, exc: HTTPException):
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.post("/predict", response_model=PredictResponse, responses={
-        400: {"description": "malformed JSON"}, 413: {"description": "body too large"},
-        422: {"description": "wrong types, empty list, too many texts or a text too long"}})
-    async def predict(req: PredictRequest) -> dict:
+        400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
+        413: {"description": "body too large"},
+        422: {"description": "wrong types, empty list, too many texts or a text too long"},
+        429: {"description": "queue full: retry after the Retry-After seconds"},
+        503: {"description": "waited past the request timeout, or the server is shutting down"}})
+    async def predict(req: PredictRequest, request: Request) -> dict:
         """Classify one text or a list; concurrent requests are micro-batched into one model call."""
-        return {"predictions": await batcher.submit(check_request(req, limits))}
+        texts = check_request(req, limits)
+        return {"predictions": await classify(batcher, texts, request, policy.request_timeout)}
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
+    @app.get("/ready", responses={503: {"description": "warming up or shutting down"}})
+    async def readiness():
+        """200 once the model is loaded and a warm-up batch has run; 503 before, and while draining."""
+        if batcher.draining:
+            return error(503, "shutting down")
+        return {"status": "ready"} if ready.is_set() else error(503, "warming up")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
     @app.get("/metadata")
     async def metadata() -> dict:
         return {"model": classifier.name, "labels": classifier.labels, "max_length": classifier.max_length,
                 "backend": classifier.backend, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                "limits": limits.model_dump()}
+                "auth": bool(api_keys), "limits": limits.model_dump(), "policy": policy.model_dump()}
 
     static = resources.files("sentune.serve").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
@@ -171,20 +275,3 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0,
         return FileResponse(str(static.joinpath("index.html")))
 
     return app
-
-
-def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
-          max_batch: int = 64, max_wait_ms: float = 5.0, limits: Limits | None = None,
-          log=print) -> None:
-    """Load the model and serve it with uvicorn until Ctrl-C / SIGTERM (then finish in-flight requests)."""
-    import uvicorn
-
-    from sentune.inference.classifier import Classifier
-
-    classifier = Classifier.load(model_dir, backend=backend)
-    app = create_app(classifier, max_batch=max_batch, max_wait_ms=max_wait_ms, limits=limits)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log(f"warning: serving on {host}, reachable from other machines; there is no authentication")
-    log(f"serving {classifier.name} ({classifier.backend}, labels: {', '.join(classifier.labels)}) "
-        f"at http://{host}:{port}/  (API docs: /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

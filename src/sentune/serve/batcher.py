@@ -1,92 +1,259 @@
-"""Micro-batching: concurrent requests share one model call.
+"""Micro-batching with a token budget, a bounded queue and fair turns.
 
-Requests wait in an asyncio queue; a single worker takes the first waiting request, then keeps
-collecting until it holds `max_batch` texts or `max_wait_ms` has passed, and runs the model once in a
-worker thread (so the event loop keeps accepting requests meanwhile). A request is never split; while
-the model runs, new requests queue up and form the next batch.
+Each request becomes a job in a FIFO line. One worker waits for the first job, keeps collecting for up
+to `max_wait_ms` (or until `max_batch` texts or `max_tokens` tokens wait), fills one batch from the
+jobs in line order and runs the model once in a worker thread, so the event loop keeps accepting
+requests meanwhile. A job larger than the budget is split: its first chunk runs now and the rest
+rejoins the line *behind* whatever arrived during that model call, so one huge request cannot starve
+the small ones (a small request waits for at most one chunk of each big job ahead of it).
+
+Backpressure: `enqueue` refuses at once with `QueueFull` when `max_queue` texts already wait. A job
+that times out, is cancelled (its client went away) or meets a shutdown leaves the line at once: its
+texts never reach the model unless they are already running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
 
-Item = tuple[list[str], asyncio.Future]
+
+class QueueFull(Exception):
+    """More than `max_queue` texts would wait; retry after `retry_after` seconds."""
+
+    def __init__(self, queued: int, limit: int, retry_after: int):
+        super().__init__(f"{queued} texts are waiting for the model (limit {limit}); retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class RequestTimeout(Exception):
+    """The request waited longer than `request_timeout` for its predictions."""
+
+
+class ShuttingDown(Exception):
+    """The server is draining for shutdown."""
+
+
+class BatchObserver(Protocol):
+    def batch(self, texts: int, tokens: int, seconds: float) -> None: ...
+    def queue(self, texts: int) -> None: ...
+
+
+def estimate_tokens(text: str, limit: int) -> int:
+    """Tokens a text will cost, without tokenizing on the event loop: about 4 characters per token for
+    English WordPiece/BPE, plus the special tokens, capped at `limit` (the model truncates there)."""
+    return min(limit, 2 + len(text) // 4)
+
+
+@dataclass(eq=False)
+class Job:
+    texts: list[str]
+    costs: list[int]
+    future: asyncio.Future
+    results: list = field(default_factory=list)
+    scheduled: int = 0  # texts handed to the model so far
+    finished: int = 0
+
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """(texts, tokens) not yet handed to the model."""
+        return len(self.texts) - self.scheduled, sum(self.costs[self.scheduled :])
+
+
+Chunk = tuple[Job, int, int]  # job, first text, end
 
 
 class MicroBatcher:
-    def __init__(self, predict: Callable[[list[str]], list], max_batch: int = 64, max_wait_ms: float = 5.0):
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+    def __init__(self, predict: Callable[[list[str]], list], max_batch: int = 64, max_wait_ms: float = 5.0, *,
+                 max_tokens: int | None = None, max_queue: int | None = None,
+                 cost: Callable[[str], int] = lambda text: 1, observer: BatchObserver | None = None):
+        if max_batch < 1 or max_wait_ms < 0 or (max_tokens or 1) < 1 or (max_queue or 1) < 1:
+            raise ValueError("max_batch, max_tokens and max_queue must be >= 1 and max_wait_ms >= 0")
         self.predict = predict
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
+        self.max_tokens = max_tokens or math.inf
+        self.max_queue = max_queue
+        self.cost = cost
+        self.observer = observer
         # One model thread: the model itself uses every core; two calls at once would only fight.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentune-model")
-        self.batch_sizes: list[int] = []  # texts per model call (recent ones), for /metadata and tests
+        self.batch_sizes: list[int] = []  # texts per model call (recent ones), for tests
+        self.queued_texts = 0
+        self.queued_tokens = 0
+        self.seconds_per_token: float | None = None  # running estimate, for Retry-After
+        self.draining = False
+        self._line: deque[Job] = deque()
+        self._resume: Job | None = None  # a split job, rejoining the line after the current batch
+        self._live: set[Job] = set()
+        self._arrived: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Item] | None = None
         self._worker: asyncio.Task | None = None
 
-    def _ensure_started(self) -> asyncio.Queue[Item]:
+    def _ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._worker is None or self._worker.done():
             # Started lazily, on the loop that serves requests (a test client may bring its own loop).
-            self._loop, self._queue = loop, asyncio.Queue()
+            self._loop, self._arrived = loop, asyncio.Event()
+            self._line.clear()
+            self._resume = None
+            self.queued_texts = self.queued_tokens = 0
             self._worker = loop.create_task(self._run())
-        return self._queue
 
-    async def submit(self, texts: list[str]) -> list:
+    def enqueue(self, texts: list[str], timeout: float | None = None) -> asyncio.Future:
+        """A future for the predictions of `texts`; cancel it to withdraw the texts still waiting."""
+        self._ensure_started()
+        if self.draining:
+            raise ShuttingDown("the server is shutting down")
+        if self.max_queue is not None and self.queued_texts and self.queued_texts + len(texts) > self.max_queue:
+            raise QueueFull(self.queued_texts, self.max_queue, self.retry_after())
+        costs = [max(1, self.cost(t)) for t in texts]
+        job = Job(list(texts), costs, self._loop.create_future(), results=[None] * len(texts))
+        self._line.append(job)
+        self._live.add(job)
+        self._count(len(texts), sum(costs))
+        job.future.add_done_callback(lambda _f: self._forget(job))
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, self._fail, job, RequestTimeout(
+                f"no answer within the request timeout of {timeout:g} s"))
+            job.future.add_done_callback(lambda _f: timer.cancel())
+        self._arrived.set()
+        return job.future
+
+    async def submit(self, texts: list[str], timeout: float | None = None) -> list:
         """Predictions for `texts`, computed together with whatever else is waiting."""
-        queue = self._ensure_started()
-        future = asyncio.get_running_loop().create_future()
-        await queue.put((texts, future))
-        return await future
+        return await self.enqueue(texts, timeout)
 
-    async def _collect(self, queue: asyncio.Queue[Item]) -> list[Item]:
-        items = [await queue.get()]
-        size = len(items[0][0])
-        deadline = asyncio.get_running_loop().time() + self.max_wait
-        while size < self.max_batch:
+    def retry_after(self) -> int:
+        """Seconds until the waiting texts have probably been served (1..60)."""
+        if not self.seconds_per_token:
+            return 1
+        return max(1, min(60, math.ceil(self.queued_tokens * self.seconds_per_token)))
+
+    def _count(self, texts: int, tokens: int) -> None:
+        self.queued_texts += texts
+        self.queued_tokens += tokens
+        if self.observer is not None:
+            self.observer.queue(self.queued_texts)
+
+    @staticmethod
+    def _fail(job: Job, error: Exception) -> None:
+        if not job.future.done():
+            job.future.set_exception(error)
+
+    def _forget(self, job: Job) -> None:
+        """A finished, failed or cancelled job leaves the line; its unscheduled texts no longer wait."""
+        self._live.discard(job)
+        if self._resume is job:
+            self._resume = None
+        elif job in self._line:
+            self._line.remove(job)
+        else:
+            return
+        self._count(*(-n for n in job.waiting))
+        job.scheduled = len(job.texts)
+
+    async def _wait_for_batch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._line:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = loop.time() + self.max_wait
+        while self.queued_texts < self.max_batch and self.queued_tokens < self.max_tokens:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
             try:
-                item = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            items.append(item)
-            size += len(item[0])
-        return items
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take_batch(self) -> list[Chunk]:
+        """Texts from the jobs in line order, up to the text count and token budget (at least one text)."""
+        chunks: list[Chunk] = []
+        texts = tokens = 0
+        while self._line:
+            job = self._line[0]
+            start = end = job.scheduled
+            while end < len(job.texts) and texts < self.max_batch and (
+                    texts == 0 or tokens + job.costs[end] <= self.max_tokens):
+                texts, tokens, end = texts + 1, tokens + job.costs[end], end + 1
+            if end == start:
+                break  # the budget is full
+            self._line.popleft()
+            self._count(start - end, -sum(job.costs[start:end]))
+            job.scheduled = end
+            chunks.append((job, start, end))
+            if end < len(job.texts):
+                self._resume = job
+                break
+        return chunks
 
     async def _run(self) -> None:
-        queue = self._queue
+        loop = asyncio.get_running_loop()
         while True:
-            items = await self._collect(queue)
-            items = [(texts, fut) for texts, fut in items if not fut.done()]  # drop disconnected clients
-            texts = [t for batch, _ in items for t in batch]
+            if self._resume is not None:  # behind the jobs that arrived while its last chunk ran
+                self._line.append(self._resume)
+                self._resume = None
+            await self._wait_for_batch()
+            chunks = self._take_batch()
+            texts = [t for job, start, end in chunks for t in job.texts[start:end]]
             if not texts:
                 continue
+            tokens = sum(sum(job.costs[start:end]) for job, start, end in chunks)
             self.batch_sizes = (self.batch_sizes + [len(texts)])[-1000:]
+            began = loop.time()
             try:
-                results = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
-            except Exception as e:  # a bug in the model call: every waiting request gets it (-> 500)
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
+                results = await loop.run_in_executor(self.executor, self.predict, texts)
+            except Exception as e:  # a bug in the model call: every request in the batch gets it (-> 500)
+                for job, _, _ in chunks:
+                    self._fail(job, e)
                 continue
-            start = 0
-            for batch, fut in items:
-                if not fut.done():
-                    fut.set_result(results[start : start + len(batch)])
-                start += len(batch)
+            self._observe(len(texts), tokens, loop.time() - began)
+            self._deliver(chunks, results)
+
+    def _observe(self, texts: int, tokens: int, seconds: float) -> None:
+        per_token = seconds / tokens
+        self.seconds_per_token = per_token if self.seconds_per_token is None else (
+            0.8 * self.seconds_per_token + 0.2 * per_token)
+        if self.observer is not None:
+            self.observer.batch(texts, tokens, seconds)
+
+    @staticmethod
+    def _deliver(chunks: list[Chunk], results: list) -> None:
+        offset = 0
+        for job, start, end in chunks:
+            part, offset = results[offset : offset + end - start], offset + end - start
+            if job.future.done():
+                continue  # timed out or withdrawn meanwhile
+            job.results[start:end] = part
+            job.finished += end - start
+            if job.finished == len(job.texts):
+                job.future.set_result(job.results)
+
+    async def warm_up(self, texts: list[str]) -> None:
+        """One model call outside the line (first calls allocate and tune kernels)."""
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
+
+    def begin_drain(self, seconds: float) -> None:
+        """Shutdown: refuse new texts, keep serving the waiting ones, fail what is left after `seconds`."""
+        self.draining = True
+        if self._loop is not None:
+            self._loop.call_later(seconds, self.fail_all, ShuttingDown("the server shut down before answering"))
+
+    def fail_all(self, error: Exception) -> None:
+        for job in list(self._live):
+            self._fail(job, error)
 
     async def close(self) -> None:
         """Stop the worker (after uvicorn has let in-flight requests finish) and the model thread."""
+        self.fail_all(ShuttingDown("the server shut down before answering"))
         if self._worker is not None:
             self._worker.cancel()
             try:

@@ -3,10 +3,24 @@
 
 const $ = (id) => document.getElementById(id);
 
+// API key: asked for once when the server needs one (metadata.auth or a 401), kept in sessionStorage.
+function askForKey() {
+  $("keybox").hidden = false;
+  $("key").value = sessionStorage.getItem("sentune-key") || "";
+  $("key").focus();
+}
+
+function authHeaders() {
+  const key = $("key").value.trim();
+  if (key) sessionStorage.setItem("sentune-key", key);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 async function loadMetadata() {
   try {
     const meta = await (await fetch("/metadata")).json();
     $("model").textContent = `${meta.model} · ${meta.backend} · labels: ${meta.labels.join(", ")}`;
+    if (meta.auth) askForKey();
   } catch (e) {
     $("model").textContent = "model information unavailable";
   }
@@ -37,10 +51,14 @@ async function predict(event) {
   try {
     const response = await fetch("/predict", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ text }),
     });
     const body = await response.json();
+    if (response.status === 401) {
+      sessionStorage.removeItem("sentune-key");
+      askForKey();
+    }
     if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
     const prediction = body.predictions[0];
     $("label").textContent = prediction.label;
