@@ -85,15 +85,41 @@ def test_forward_logits_takes_tokens_or_hidden():
     torch.testing.assert_close(cached, full, atol=5e-2, rtol=0)
 
 
-def test_split_model_is_forward_logits_as_a_module():
+class Wrapper(torch.nn.Module):
+    """Stands in for DistributedDataParallel: the wrapped module under `.module`, called through forward."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.calls = 0
+
+    def forward(self, batch):
+        self.calls += 1
+        return self.module(batch)
+
+
+def test_split_model_gives_the_models_logits_and_trains_only_the_suffix():
     model = build_model("roberta", num_layers=DEPTH).eval()
+    M.freeze_layers(model, 2)
     ids, mask = mixed_batch("roberta")
-    batch = {"input_ids": ids, "attention_mask": mask}
+    split = M.SplitModel(model, 2)
+    logits = split({"input_ids": ids, "attention_mask": mask})
     with torch.no_grad():
-        direct = M.forward_logits(model, batch, 2)
-        split = M.SplitModel(model, 2)
-        torch.testing.assert_close(M.forward_logits(split, batch, 2), direct, atol=0, rtol=0)
-    assert {n for n, _ in split.named_parameters()} == {f"model.{n}" for n, _ in model.named_parameters()}
+        torch.testing.assert_close(logits, model(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=0)
+    logits.sum().backward()
+    assert {n for n, p in split.named_parameters() if p.grad is not None} == {
+        f"model.{n}" for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_forward_logits_goes_through_a_ddp_wrapper_and_refuses_a_wrapped_classifier():
+    model = build_model("bert", num_layers=DEPTH).eval()
+    batch = dict(zip(("input_ids", "attention_mask"), mixed_batch("bert"), strict=True))
+    wrapped = Wrapper(M.SplitModel(model, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(M.forward_logits(wrapped, batch, 1), M.forward_logits(model, batch, 1))
+    assert wrapped.calls == 1  # the wrapper's forward ran: DDP's gradient hooks would see the call
+    with pytest.raises(TypeError, match="wrap it in SplitModel"):
+        M.forward_logits(Wrapper(model), batch, 1)
 
 
 def frozen_names(model) -> set[str]:

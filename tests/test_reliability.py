@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import without_root_overrides
 from safetensors.torch import load_file
 from test_resume import ENV, cli_args, fit_one_thread, flags
 
@@ -184,19 +185,34 @@ def test_full_disk_is_one_clear_error_and_previous_files_stay(tiny_bert_dir, fil
     assert state.epoch == 2 and [r["epoch"] for r in rundir.read_jsonl(run / "metrics.jsonl")] == [1, 2]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder_is_one_clear_error(tiny_bert_dir, files, tmp_path):
     parent = tmp_path / "locked"
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        result = subprocess.run([sys.executable, "-m", "sentune",
-                                 *cli_args(flags(tiny_bert_dir, files, parent / "run", epochs=1))],
-                                env=ENV, capture_output=True, text=True, timeout=300)
+        command = [sys.executable, "-m", "sentune", *cli_args(flags(tiny_bert_dir, files, parent / "run", epochs=1))]
+        result = subprocess.run(without_root_overrides(command), env=ENV, capture_output=True, text=True,
+                                timeout=300)
     finally:
         parent.chmod(0o755)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot create the run directory")
+
+
+def test_a_train_that_fails_before_its_first_write_leaves_no_run_directory(tiny_bert_dir, files, tmp_path,
+                                                                           monkeypatch):
+    bad = tmp_path / "unlabelled.csv"
+    bad.write_text("text\ngood film\n")  # no label column: the data check fails after the run dir is chosen
+    from sentune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for out in (None, tmp_path / "out" / "run"):  # the default runs/<name>-<time>, and a given nested folder
+        values = {**flags(tiny_bert_dir, files, out, epochs=1), "train_file": str(bad)}
+        if out is None:
+            del values["output_dir"]
+        result = CliRunner().invoke(main, cli_args(values))
+        assert result.exit_code == 2 and "label" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unlabelled.csv"]
 
 
 # ---- non-finite loss ------------------------------------------------------------------------------------

@@ -306,8 +306,12 @@ def forward_logits(model: nn.Module, batch: dict, k: int) -> torch.Tensor:
 
 
 class SplitModel(nn.Module):
-    """The classifier as one module whose forward is `forward_logits`: what multi-process training wraps
-    (DistributedDataParallel must see the forward call); `.model` is the classifier to save."""
+    """The training forward (prefix/cache -> suffix) as one module call; `.model` is the classifier to save.
+
+    DistributedDataParallel all-reduces gradients only for calls that go through its own forward, so the
+    split forward must be the wrapped module's `forward`; calling the inner model directly would leave every
+    process training alone.
+    """
 
     def __init__(self, model: nn.Module, k: int):
         super().__init__()

@@ -12,6 +12,7 @@ leaves a half-written file where a good one was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,13 +22,30 @@ from typing import Any
 
 # Re-exported: the run's files are written through these (rundir.atomic_dir(run / "best", ...)).
 from sentune.atomic import atomic_dir, atomic_write_json, atomic_write_text, recover
+from sentune.errors import WriteError
 
-__all__ = ["append_jsonl", "atomic_dir", "atomic_write_json", "atomic_write_text", "default_dir", "device_info",
+__all__ = ["append_jsonl", "atomic_dir", "atomic_write_json", "atomic_write_text", "check_creatable", "default_dir",
+           "device_info",
            "read_json", "read_jsonl", "recover", "versions"]
 
 
 def default_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_creatable(path: Path) -> None:
+    """Fail in seconds, not after loading data and model, when the run directory cannot be made; but leave
+    nothing behind: a train that fails before its first write must not leave an empty run directory."""
+    path = Path(path)
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot create the run directory {path}: {e.strerror or e}") from None
+    finally:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def append_jsonl(path: Path, row: dict) -> None:

@@ -15,7 +15,6 @@ from sentune import model as model_lib
 from sentune import rundir
 from sentune.config import Config
 from sentune.data import splits as data
-from sentune.errors import WriteError
 from sentune.training.accel import make_accelerator
 
 
@@ -33,7 +32,7 @@ class Prepared:
     run_dir: Path
     trainable: list = field(default_factory=list)
     tracker: Any = None
-    net: Any = None  # what a training step calls: SplitForward, wrapped by DDP with several processes
+    net: Any = None  # what a training step calls: model.SplitModel, wrapped by DDP with several processes
     stop: Any = None  # guards.StopRequest while the epochs run
 
     @property
@@ -70,7 +69,7 @@ def prepare(cfg: Config) -> Prepared:
                                     cfg.train.layer_decay)
     optimizer = model_lib.make_optimizer(groups, acc.device.type)
     scheduler = make_scheduler(cfg, optimizer, len(feeds["train"]) // acc.num_processes)
-    net, optimizer = acc.prepare(SplitForward(model, cfg.model.freeze_layers), optimizer)
+    net, optimizer = acc.prepare(model_lib.SplitModel(model, cfg.model.freeze_layers), optimizer)
     p = Prepared(cfg=cfg, accelerator=acc, splits=splits, model=model, tokenizer=tokenizer, feeds=feeds,
                  optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss(cfg, splits).to(acc.device),
                  run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad], net=net)
@@ -78,22 +77,6 @@ def prepare(cfg: Config) -> Prepared:
         write_start(p)
         p.tracker = make_tracker(cfg, run_dir)
     return p
-
-
-class SplitForward(torch.nn.Module):
-    """The training forward (prefix/cache -> suffix) as one module call.
-
-    DistributedDataParallel all-reduces gradients only for calls that go through its own forward, so the
-    split forward must be the wrapped module's `forward`; calling the inner model directly would leave every
-    process training alone.
-    """
-
-    def __init__(self, model: torch.nn.Module, k: int):
-        super().__init__()
-        self.model, self.k = model, k
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return model_lib.forward_logits(self.model, batch, self.k)
 
 
 def resolve_run_dir(cfg: Config, acc) -> Path:
@@ -105,10 +88,7 @@ def resolve_run_dir(cfg: Config, acc) -> Path:
         broadcast_object_list(chosen)  # every rank must agree on one timestamped directory
     path = Path(chosen[0])
     if acc.is_main_process:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise WriteError(f"cannot create the run directory {path}: {e.strerror or e}") from None
+        rundir.check_creatable(path)  # the first write (write_start) creates it, so a failed start leaves none
     return path
 
 
