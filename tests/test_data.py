@@ -254,11 +254,10 @@ def test_hub_offline_fails_fast_and_clearly(monkeypatch):
 
 
 def test_hub_unreachable_without_offline_flag(monkeypatch):
-    from sentune.data import sources
+    from sentune import hub
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(sources, "hub_offline", lambda: False)
-    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda *a, **k: False)
     start = time.monotonic()
     with pytest.raises(OfflineError):
         data.load_splits(DataConfig(dataset="imdb"), 0, "validation")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import build_model
 
+from sentune import hub
 from sentune import model as M
 from sentune.config import ModelConfig
 from sentune.errors import ModelError, OfflineError
@@ -211,9 +212,9 @@ def test_missing_hub_model_fails_fast_offline(monkeypatch):
 
 
 def test_unreachable_hub_counts_as_offline(monkeypatch):
-    assert not M.hub_reachable("http://127.0.0.1:9", timeout=1)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(M, "hub_reachable", lambda *a, **k: False)
+    assert not hub.reachable("http://127.0.0.1:9", timeout=1)
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda *a, **k: False)
     with pytest.raises(OfflineError):
         M.load_model(ModelConfig(model="sentune-test/not-a-model"), ["a", "b"])
 
@@ -226,3 +227,15 @@ def test_unsupported_architecture_is_a_model_error():
     distil = DistilBertForSequenceClassification(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64))
     with pytest.raises(ModelError, match="model type distilbert is not supported"):
         M.freeze_layers(distil, 1)
+
+
+@pytest.mark.parametrize("variable", hub.OFFLINE_VARIABLES)
+def test_model_and_data_loading_share_one_offline_switch(monkeypatch, variable):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in hub.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not hub.offline()
+    monkeypatch.setenv(variable, "yes")
+    assert hub.offline() and hub.local_only()

