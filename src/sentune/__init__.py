@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from sentune.inference.classifier import Classifier
+    from sentune.training.sweep import sweep
 
 
 def __getattr__(name: str):
@@ -16,7 +17,11 @@ def __getattr__(name: str):
         from sentune.inference.classifier import Classifier
 
         return Classifier
+    if name == "sweep":  # sentune.sweep(cfg, space, n_trials=...) -> SweepResult (study, best trial, best/)
+        from sentune.training.sweep import sweep
+
+        return sweep
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "__version__"]
+__all__ = ["Classifier", "__version__", "sweep"]

@@ -83,6 +83,49 @@ def train(preset: str | None, config_file: str | None, resume: str | None, **fla
     train_lib.run(cfg)
 
 
+# ---- sweep ------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--preset", type=str, default=None, help="the fixed part, as for train (default: imdb)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with model/data/train/run sections; flags override it")
+@click.option("--search", type=str, default=None,
+              help="search space YAML (field: {low, high, log} | [choices]); default: the packaged space")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None, help="trials in the whole study [default: 20]")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="start no trial after S seconds")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default=None, help="[default: tpe]")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default=None,
+              help="stops poor trials after an epoch [default: median]")
+@click.option("--storage", type=str, default=None,
+              help="Optuna RDB URL shared by several processes/machines [default: sqlite in the sweep directory]")
+@click.option("--study-name", type=str, default=None, help="[default: the sweep directory's name]")
+@click.option("--keep-trial-weights", is_flag=True, default=None, help="keep every trial's best/ weights")
+@click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue a sweep directory")
+@config_options
+def sweep(preset: str | None, config_file: str | None, search: str | None, n_trials: int | None,
+          resume: str | None, **flags) -> None:
+    """Search hyperparameters with Optuna; every trial reuses the frozen-layer caches of the others.
+
+    Takes everything train takes as the fixed part. Leaves a sweep directory: study.db, trials.jsonl,
+    best/ (the chosen trial), final_metrics.json (test, once), report.md and plots/.
+    """
+    from sentune.training.sweep import SweepOptions
+    from sentune.training.sweep import sweep as run_sweep
+
+    option_names = set(SweepOptions.__dataclass_fields__) - {"n_trials"}
+    options = {k: flags.pop(k) for k in list(flags) if k in option_names and flags[k] is not None}
+    for k in option_names:
+        flags.pop(k, None)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if resume:
+        if preset or config_file or search or given:
+            raise SentuneError("--resume continues a sweep with its own settings; only --n-trials and "
+                               "--timeout may be given")
+        run_sweep(None, n_trials=n_trials, resume=resume, **options)
+        return
+    cfg = config_lib.resolve(preset or "imdb", config_file, given)
+    run_sweep(cfg, search, n_trials, **options)
+
+
 # ---- evaluate (owner: evaluation engineer) -----------------------------------------------------------
 @main.command()
 @click.argument("model_dir", type=click.Path())

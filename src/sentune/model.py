@@ -249,6 +249,13 @@ def forward_prefix(model: nn.Module, k: int, input_ids: torch.Tensor,
     return _run_layers(model, encoder_layers(model)[:k], hidden, attention_mask)
 
 
+def forward_layers(model: nn.Module, start: int, stop: int, hidden: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+    """Encoder layers start..stop-1 on the hidden states entering layer `start` (deriving a deeper cache)."""
+    hidden = hidden.to(next(model.parameters()).dtype)
+    return _run_layers(model, encoder_layers(model)[start:stop], hidden, attention_mask)
+
+
 def forward_suffix(model: nn.Module, k: int, hidden: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
     """Layers k.. + head -> logits [B, num_labels]. `hidden` may be stored in a lower precision (cache).

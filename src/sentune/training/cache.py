@@ -16,6 +16,8 @@ written under a temporary name then renamed, so a crash never leaves a half cach
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -23,7 +25,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +50,25 @@ class SplitCache:
     flat: torch.Tensor  # [tokens, H]
     offsets: np.ndarray
     lengths: np.ndarray
-    status: str  # built | reused
+    status: str  # built | reused | derived:J (from depth J's cache)
     path: Path | None  # the file on disk, if any
+
+
+@dataclass
+class CacheStore:
+    """Caches kept in this process across runs (a sweep's trials), by file name, and what each run did.
+
+    With a store, a run first looks here, then on disk; a deeper-frozen run whose depth is missing derives it
+    from the deepest shallower depth found (here or on disk) by running only the extra layers.
+    """
+
+    caches: dict[str, SplitCache] = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)  # {split, k, status, seconds}: built | reused | derived:J
 
 
 def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: str | None,
                 fingerprint_parts: dict, device, dtype: torch.dtype = torch.bfloat16,
-                log: Callable[[str], None] = print) -> dict[str, Feed]:
+                log: Callable[[str], None] = print, store: CacheStore | None = None) -> dict[str, Feed]:
     """Feeds that yield the same batches as `feeds` but with `hidden` (cached layer-K input) for `input_ids`.
 
     Call on the unwrapped model, after loading and freezing, before training (the model is moved to `device`
@@ -71,14 +85,45 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
     need = sum(int(f.lengths.sum()) for f in feeds.values()) * hidden_size * itemsize
     in_memory = mode == "memory" or (mode == "auto" and need <= RAM_FRACTION * available_ram())
     persist = mode == "disk" or (mode == "auto" and _disk_has_room(root, need))
-    model_key = _model_key(model, k, dtype, fingerprint_parts)
+    keys = _model_keys(model, k, dtype, fingerprint_parts)
     caches = {}
     for split, feed in feeds.items():
-        path = root / f"prefix-{_digest(model_key, _tokens_digest(feed))}.bin"
-        caches[split] = _reuse(path, feed, hidden_size, dtype, in_memory) or _build(
-            model, k, feed, device, dtype, path if persist else None, in_memory)
+        t0 = time.perf_counter()
+        tokens = _tokens_digest(feed)
+        paths = {j: root / f"prefix-{_digest(key, tokens)}.bin" for j, key in keys.items()}
+        find = functools.partial(_find, store, paths, feed, hidden_size, dtype, in_memory)
+        caches[split] = find(k) or _derive(model, k, feed, find, device, dtype, paths[k] if persist else None,
+                                           in_memory) or _build(model, k, feed, device, dtype,
+                                                                paths[k] if persist else None, in_memory)
+        if store is not None:
+            store.caches[paths[k].name] = caches[split]
+            store.events.append({"split": split, "k": k, "status": caches[split].status,
+                                 "seconds": round(time.perf_counter() - t0, 3)})
     log(_report(caches, k, model_lib.num_layers(model), need, dtype, in_memory, time.perf_counter() - start))
     return {split: cached_feed(feeds[split], caches[split]) for split in feeds}
+
+
+def _find(store: CacheStore | None, paths: dict[int, Path], feed: Feed, hidden_size: int, dtype: torch.dtype,
+          in_memory: bool, depth: int) -> SplitCache | None:
+    """Depth `depth`'s cache from the store (this process) or from disk (an earlier run), marked reused."""
+    path = paths[depth]
+    cache = store.caches.get(path.name) if store is not None else None
+    if cache is not None:
+        return dataclasses.replace(cache, status="reused")
+    return _reuse(path, feed, hidden_size, dtype, in_memory)
+
+
+def _derive(model, k: int, feed: Feed, find: Callable[[int], SplitCache | None], device, dtype: torch.dtype,
+            path: Path | None, in_memory: bool) -> SplitCache | None:
+    """Layer-K input from the deepest cached shallower depth J: layers J..K-1 run once, never the prefix."""
+    for j in range(k - 1, 0, -1):
+        base = find(j)
+        if base is None:
+            continue
+        run = functools.partial(_extra_layers, start=j, stop=k, device=device)
+        cache = _build(model, k, cached_feed(feed, base), device, dtype, path, in_memory, run=run)
+        return dataclasses.replace(cache, status=f"derived:{j}")
+    return None
 
 
 def cached_feed(feed: Feed, cache: SplitCache) -> Feed:
@@ -98,23 +143,27 @@ def cached_feed(feed: Feed, cache: SplitCache) -> Feed:
                 pad_to_multiple_of=feed.pad_to_multiple_of, input_ids=None)
 
 
+def _extra_layers(model, batch: dict, *, start: int, stop: int, device) -> torch.Tensor:
+    return model_lib.forward_layers(model, start, stop, batch["hidden"].to(device), batch["attention_mask"].to(device))
+
+
 # ---- building and reusing ------------------------------------------------------------------------------
 def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | None,
-           in_memory: bool) -> SplitCache:
+           in_memory: bool, run: Callable | None = None) -> SplitCache:
     lengths = feed.lengths
     offsets = _offsets(lengths)
     shape = (int(lengths.sum()), model.config.hidden_size)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}") if path is not None else None
     if in_memory or tmp is None:
         flat = torch.empty(shape, dtype=dtype)
-        _run_prefix(model, k, feed, device, flat, offsets)
+        _run_prefix(model, k, feed, device, flat, offsets, run)
         if tmp is not None and not _save_copy(flat, dtype, tmp, path, feed):
             path = None  # the copy on disk is only for later runs: this run goes on from memory
         return SplitCache(flat, offsets, lengths, "built", path)
     try:  # larger than the RAM budget: write straight into the file through a memory map
         tmp.parent.mkdir(parents=True, exist_ok=True)
         array = np.lib.format.open_memmap(tmp, "w+", _NUMPY[dtype], shape)
-        _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets)
+        _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets, run)
         array.flush()
         del array
         _publish(tmp, path, feed)
@@ -151,7 +200,9 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
 
-def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: np.ndarray) -> None:
+def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: np.ndarray,
+                run: Callable | None = None) -> None:
+    """Fill `flat` with layer-K inputs; `run(model, batch)` replaces the prefix forward (derivation)."""
     was_training = model.training
     model.eval()  # the frozen layers are a fixed function only without dropout
     plan = BatchPlan(feed.lengths, BUILD_BATCH, train=False, seed=0)
@@ -160,8 +211,8 @@ def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: 
             for idx in plan.batches(0):
                 width = padded_length(int(feed.lengths[idx].max()), "dynamic", feed.max_length, 8)
                 batch = feed.collate(idx, width)
-                hidden = model_lib.forward_prefix(model, k, batch["input_ids"].to(device),
-                                                  batch["attention_mask"].to(device))
+                hidden = run(model, batch) if run is not None else model_lib.forward_prefix(
+                    model, k, batch["input_ids"].to(device), batch["attention_mask"].to(device))
                 hidden = hidden.to(device="cpu", dtype=flat.dtype)
                 for row, i in enumerate(idx):
                     flat[offsets[i]:offsets[i] + feed.lengths[i]] = hidden[row, :feed.lengths[i]]
@@ -210,16 +261,20 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
-def _model_key(model, k: int, dtype: torch.dtype, parts: dict) -> str:
-    """Identity of the prefix as a function: exact weights, K, attention kernel, dtypes, caller's parts."""
-    h = hashlib.sha256()
-    for module in model_lib.prefix_modules(model, k):
+def _model_keys(model, k: int, dtype: torch.dtype, parts: dict) -> dict[int, str]:
+    """Identity of the prefix at every depth 1..K as a function (exact weights, depth, attention kernel,
+    dtypes, caller's parts), in one pass over the weights: depth j's hash is the running hash after layer j-1."""
+    modules = model_lib.prefix_modules(model, k)
+    h, keys = hashlib.sha256(), {}
+    for depth, module in enumerate(modules):
         for name, tensor in module.state_dict().items():
             h.update(name.encode())
             h.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    extra = [FORMAT_VERSION, k, str(dtype), str(next(model.parameters()).dtype),
-             getattr(model.config, "_attn_implementation", None), parts]
-    return _digest(h.hexdigest(), json.dumps(extra, sort_keys=True, default=str))
+        if depth >= 1:  # modules[0] is the embeddings: depth 1 = embeddings + layer 0
+            extra = [FORMAT_VERSION, depth, str(dtype), str(next(model.parameters()).dtype),
+                     getattr(model.config, "_attn_implementation", None), parts]
+            keys[depth] = _digest(h.hexdigest(), json.dumps(extra, sort_keys=True, default=str))
+    return keys
 
 
 def _tokens_digest(feed: Feed) -> str:
@@ -258,8 +313,9 @@ def _report(caches: dict[str, SplitCache], k: int, depth: int, nbytes: int, dtyp
     tokens = sum(int(c.lengths.sum()) for c in caches.values())
     built = [s for s, c in caches.items() if c.status == "built"]
     reused = [s for s, c in caches.items() if c.status == "reused"]
-    action = ", ".join(x for x in (built and f"built {'+'.join(built)}",
-                                   reused and f"reused {'+'.join(reused)}") if x)
+    derived = [f"{s} from layer {c.status.split(':')[1]}" for s, c in caches.items() if c.status.startswith("derived")]
+    action = ", ".join(x for x in (built and f"built {'+'.join(built)}", reused and f"reused {'+'.join(reused)}",
+                                   derived and f"derived {', '.join(derived)}") if x)
     folders = {str(c.path.parent) for c in caches.values() if c.path is not None}
     where = "memory" if in_memory else "disk (memory-mapped)"
     disk = f", files in {', '.join(sorted(folders))}" if folders else ""

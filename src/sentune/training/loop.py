@@ -26,7 +26,7 @@ from sentune.config import Config
 from sentune.evaluation.metrics import selection_key, selection_score
 from sentune.training import checkpoint, guards
 from sentune.training.checkpoint import TrainState
-from sentune.training.prepare import Prepared, prepare
+from sentune.training.prepare import Prepared, Shared, prepare
 
 __all__ = ["TrainState", "evaluate", "fit", "run"]
 
@@ -38,10 +38,11 @@ def run(cfg: Config) -> Path:
     return fit(cfg)[0].run_dir
 
 
-def fit(cfg: Config) -> tuple[Prepared, TrainState]:
-    """The loop itself; returns the prepared objects (model holding the selected weights) and final state."""
+def fit(cfg: Config, shared: Shared | None = None) -> tuple[Prepared, TrainState]:
+    """The loop itself; returns the prepared objects (model holding the selected weights) and final state.
+    `shared`: set by a sweep for each trial (data and caches loaded once, a per-epoch hook)."""
     with guards.out_of_memory_hint(cfg.train.batch_size, cfg.train.grad_accum, cfg.data.max_length):
-        p = prepare(cfg)
+        p = prepare(cfg, shared)
         state = checkpoint.restore(p) if cfg.run.resume else TrainState()
         with guards.StopRequest() as p.stop:
             stopped_early = train_epochs(p, state)
@@ -65,7 +66,10 @@ def train_epochs(p: Prepared, state: TrainState) -> bool:
             save_best(p)
         if p.tracker:
             p.tracker.log_epoch(row)
-        checkpoint.save(p, state)
+        if p.shared and p.shared.on_epoch:
+            p.shared.on_epoch(row)  # a sweep's pruner may stop the trial here
+        if p.shared is None or p.shared.checkpoints:
+            checkpoint.save(p, state)
         if guards.agreed(p.stop.requested, p.accelerator):
             guards.interrupted(p, state)
     return False

@@ -19,6 +19,21 @@ from sentune.training.accel import make_accelerator
 
 
 @dataclass
+class Shared:
+    """What a sweep hands each of its trials so that they share work and report as they go.
+
+    `splits`: loaded once, without the test split (a trial never sees it); `cache_store`: frozen-layer caches
+    kept in memory across trials; `on_epoch(row)`: called after every epoch's metrics (the pruner's hook; it
+    may raise to stop the trial); `checkpoints`: off for trials, which are retried whole rather than resumed.
+    """
+
+    splits: Any = None
+    cache_store: Any = None
+    on_epoch: Any = None
+    checkpoints: bool = True
+
+
+@dataclass
 class Prepared:
     cfg: Config
     accelerator: Any
@@ -34,6 +49,7 @@ class Prepared:
     tracker: Any = None
     net: Any = None  # what a training step calls: model.SplitModel, wrapped by DDP with several processes
     stop: Any = None  # guards.StopRequest while the epochs run
+    shared: Shared | None = None  # set when the run is one trial of a sweep
 
     @property
     def is_main(self) -> bool:
@@ -44,7 +60,7 @@ class Prepared:
             print(message, flush=True)
 
 
-def prepare(cfg: Config) -> Prepared:
+def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     import transformers
     from accelerate.utils import set_seed
 
@@ -55,7 +71,8 @@ def prepare(cfg: Config) -> Prepared:
     set_seed(cfg.train.seed)  # before the head is created: its random init depends on it
     run_dir = resolve_run_dir(cfg, acc)
     say = print if acc.is_main_process else (lambda *a, **k: None)
-    splits = data.load_splits(cfg.data, cfg.train.seed, cfg.train.select_on)
+    splits = shared.splits if shared and shared.splits else data.load_splits(cfg.data, cfg.train.seed,
+                                                                             cfg.train.select_on)
     say(data_summary(splits))
     model, tokenizer = model_lib.load_model(cfg.model, splits.label_names)
     model.config.sentune = inference_settings(cfg)
@@ -64,7 +81,7 @@ def prepare(cfg: Config) -> Prepared:
     say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
     feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"])
-    feeds = maybe_cache(cfg, model, feeds, acc)
+    feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
                                     cfg.train.layer_decay)
     optimizer = model_lib.make_optimizer(groups, acc.device.type)
@@ -72,7 +89,8 @@ def prepare(cfg: Config) -> Prepared:
     net, optimizer = acc.prepare(model_lib.SplitModel(model, cfg.model.freeze_layers), optimizer)
     p = Prepared(cfg=cfg, accelerator=acc, splits=splits, model=model, tokenizer=tokenizer, feeds=feeds,
                  optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss(cfg, splits).to(acc.device),
-                 run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad], net=net)
+                 run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad], net=net,
+                 shared=shared)
     if acc.is_main_process:
         write_start(p)
         p.tracker = make_tracker(cfg, run_dir)
@@ -120,7 +138,7 @@ def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
                      pad_to_multiple_of=cfg.train.pad_to_multiple_of)
 
 
-def maybe_cache(cfg: Config, model, feeds: dict, acc) -> dict:
+def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
     k = cfg.model.freeze_layers
     if cfg.train.cache == "off" or k == 0:
         return feeds
@@ -133,7 +151,7 @@ def maybe_cache(cfg: Config, model, feeds: dict, acc) -> dict:
     # memory there is no file, so each process builds its own copy.
     with acc.local_main_process_first():
         return cache_feeds(model, k, feeds, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
-                           fingerprint_parts=parts, device=acc.device,
+                           fingerprint_parts=parts, device=acc.device, store=store,
                            log=print if acc.is_local_main_process else (lambda line: None))
 
 
