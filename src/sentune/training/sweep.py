@@ -30,8 +30,8 @@ from typing import Any
 from sentune import config as config_lib
 from sentune import rundir
 from sentune.config import Config
-from sentune.errors import ConfigError, SentuneError
-from sentune.evaluation.evaluate import selection_key
+from sentune.errors import ConfigError, SentuneError, WriteError
+from sentune.evaluation.metrics import selection_key
 from sentune.training import space as space_lib
 from sentune.training import study as study_lib
 
@@ -284,7 +284,7 @@ def copy_tree(source: Path, target: Path) -> None:
 
 def test_once(best_dir: Path, splits, best, cfg: Config) -> dict:
     """The chosen weights on the test split, the only time the sweep reads it."""
-    from sentune.evaluation.evaluate import compute_metrics, selection_score
+    from sentune.evaluation.metrics import compute_metrics, selection_score
     from sentune.inference.classifier import Classifier
 
     trial_splits, test = splits
@@ -312,7 +312,7 @@ def write_sweep(sweep_dir: Path, cfg: Config, raw_space: dict, opts: SweepOption
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise rundir.WriteError(f"cannot create the sweep directory {sweep_dir}: {e.strerror or e}") from None
+        raise WriteError(f"cannot create the sweep directory {sweep_dir}: {e.strerror or e}") from None
     cfg = copy.deepcopy(cfg)
     cfg.run.output_dir = str(sweep_dir)
     rundir.atomic_write_json(path, {"config": config_lib.to_dict(cfg), "space": raw_space, "options": asdict(opts)})
