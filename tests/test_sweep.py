@@ -285,14 +285,15 @@ def test_two_processes_share_one_sqlite_study(tiny_bert_dir, data, tmp_path):
     assert len({t["host"] for t in trials}) == 1
 
 
-POSTGRES_URL = os.environ.get("SENTUNE_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/postgres")
+POSTGRES_URL = os.environ.get("SENTUNE_TEST_POSTGRES",
+                              "postgresql+psycopg2://postgres:postgres@127.0.0.1:5432/postgres")
 
 
 def postgres_answers(url: str) -> bool:
     try:
         import psycopg2
 
-        psycopg2.connect(url, connect_timeout=3).close()
+        psycopg2.connect(url.replace("+psycopg2", ""), connect_timeout=3).close()
         return True
     except Exception:
         return False

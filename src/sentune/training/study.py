@@ -42,8 +42,10 @@ def open_study(sweep_dir: Path, opts, params: list, seed: int, epochs: int) -> o
             return optuna.create_study(storage=storage, study_name=opts.study_name or sweep_dir.name,
                                        direction="maximize", load_if_exists=True,
                                        sampler=make_sampler(opts, params, seed), pruner=make_pruner(opts, epochs))
-        except (ImportError, ValueError) as e:
-            raise ConfigError(f"--storage {url}: {e}") from None
+        except (ImportError, ValueError) as e:  # no driver for the URL's database, or a malformed URL
+            hint = ("; for PostgreSQL: pip install psycopg2-binary and write postgresql+psycopg2://..."
+                    if "postgres" in url else "")
+            raise ConfigError(f"--storage {url}: {str(e).strip()}{hint}") from None
         except Exception as e:  # sqlalchemy's OperationalError and friends
             if attempt == 4:
                 raise SentuneError(f"cannot open the study in {url}: {str(e).splitlines()[0]}") from None
@@ -91,6 +93,15 @@ def run_one(study, objective, n_trials: int, say=print) -> None:
     for t in study.get_trials(deepcopy=False):
         if t.number not in before and not t.user_attrs.get("surplus") and t.user_attrs.get("pid") == os.getpid():
             say(trial_line(t))
+
+
+def stop_if_failing(study, n_trials: int) -> None:
+    """A mistake every trial repeats (bad data, out of memory at any value) must not loop forever."""
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if t.user_attrs.get("error") and not t.user_attrs.get("surplus")]
+    if len(failed) >= max(3, n_trials):
+        raise SentuneError(f"{len(failed)} trials failed, the last with: {failed[-1].user_attrs['error']}; "
+                           "see trials.jsonl")
 
 
 def report_epoch(trial, row: dict, key: str) -> None:

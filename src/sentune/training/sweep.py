@@ -163,6 +163,7 @@ def run_trials(study, trials: Trials) -> None:
                 if running == 0:
                     return
             elif finished + running < n:
+                study_lib.stop_if_failing(study, n)
                 study_lib.run_one(study, lambda trial: objective(trial, trials), n, say=bar.write)
                 study_lib.prune_weights(study, trials.options.keep_trial_weights)
                 continue
@@ -221,7 +222,7 @@ def trial_config(base: Config, params: list, values: dict, run_dir: Path) -> Con
 def trial_log(run_dir: Path):
     """A trial's own output goes to its train.log; the terminal keeps the sweep's bar and one line per trial."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+    with open(run_dir / "train.log", "a", encoding="utf-8", buffering=1) as log, contextlib.redirect_stdout(log):
         yield
 
 
