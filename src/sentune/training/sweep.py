@@ -120,11 +120,12 @@ def sample_corners(params: list) -> list[dict]:
 def model_depth(model_cfg) -> int:
     from transformers import AutoConfig
 
+    from sentune import hub
     from sentune import model as model_lib
 
     path = model_lib.resolve_model_path(model_cfg.model)
     try:
-        conf = AutoConfig.from_pretrained(path, local_files_only=not Path(path).is_dir() and model_lib._offline())
+        conf = AutoConfig.from_pretrained(path, local_files_only=not Path(path).is_dir() and hub.local_only())
     except OSError as e:
         raise SentuneError(f"cannot read the config of model {model_cfg.model}: {str(e).splitlines()[0]}") from None
     return int(conf.num_hidden_layers)
