@@ -1,8 +1,8 @@
 """The web page in a real browser: headless Chromium (Debian package) driven by Playwright.
 
 Starts `sentune serve`'s app with uvicorn on a free loopback port, types a text, clicks Predict and
-checks that the label and one bar per class appear. Set SENTUNE_SCREENSHOT=path.png to keep a
-screenshot of the result (docs/serve-page.png is made this way).
+checks that the label and one bar per class appear, and with "Highlight words" on, the shaded words.
+Set SENTUNE_SCREENSHOT=path.png (SENTUNE_SCREENSHOT_EXPLAIN for the highlights) to keep a screenshot.
 """
 
 from __future__ import annotations
@@ -124,6 +124,44 @@ def test_page_shows_api_errors(page):
     assert "limit is 500" in page.text_content("#error")
 
 
+def api_explanation(url: str, text: str) -> dict:
+    import json
+
+    request = urllib.request.Request(url + "/explain", data=json.dumps({"text": text}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.load(r)["explanations"][0]
+
+
+def test_highlight_toggle_shades_each_word_by_its_attribution(page, server_url):
+    text = "awful boring plot, the acting was bad"
+    page.fill("#text", text)
+    page.check("#highlight")
+    page.click("#predict")
+    page.wait_for_selector("#explanation:not([hidden])", timeout=60_000)
+    want = api_explanation(server_url, text)
+    assert page.text_content("#explained-label") == want["label"]
+    spans = page.query_selector_all("#words .word")
+    assert [s.text_content() for s in spans] == want["words"] == text.split()
+    scale = max(abs(s) for s in want["scores"])
+    for span, score in zip(spans, want["scores"], strict=True):
+        classes = span.get_attribute("class").split()
+        if abs(score) >= 0.1 * scale:  # marked: the sign picks the colour
+            assert ("for" if score > 0 else "against") in classes
+        # readable without colour: the tooltip gives the signed number and what it means
+        title = span.get_attribute("title")
+        assert f"{score:+.3f}" in title and ("supports" if score >= 0 else "opposes") in title
+    backgrounds = [s.evaluate("e => getComputedStyle(e).backgroundColor") for s in spans]
+    marked = [abs(score) >= 0.1 * scale for score in want["scores"]]
+    assert any(marked)
+    for bg, is_marked in zip(backgrounds, marked, strict=True):  # drawn: shaded exactly when marked
+        assert (bg != "rgba(0, 0, 0, 0)") == is_marked
+    if os.environ.get("SENTUNE_SCREENSHOT_EXPLAIN"):
+        page.screenshot(path=os.environ["SENTUNE_SCREENSHOT_EXPLAIN"], full_page=True)
+    page.uncheck("#highlight")
+    assert page.is_hidden("#explanation")
+
+
 def test_page_asks_for_the_key_once_when_the_server_needs_one(page, model_dir):
     from sentune.inference.classifier import Classifier
     from sentune.serve import create_app
@@ -144,3 +182,9 @@ def test_page_asks_for_the_key_once_when_the_server_needs_one(page, model_dir):
         page.reload()  # asked once: the tab remembers the key
         page.wait_for_selector("#keybox:not([hidden])", timeout=10_000)
         assert page.input_value("#key") == "page-key-123456"
+        page.fill("#text", "a great film")
+        page.check("#highlight")  # /explain carries the same key
+        page.click("#predict")
+        page.wait_for_selector("#explanation:not([hidden]), #error:not([hidden])", timeout=60_000)
+        assert page.is_hidden("#error"), page.text_content("#error")
+        assert page.is_hidden("#error") and page.query_selector_all("#words .word")

@@ -347,10 +347,17 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="access log on stderr: one line per request with its X-Request-ID")
+@click.option("--explain-max-texts", type=click.IntRange(min=1), default=4, show_default=True,
+              help="texts per POST /explain (each costs --explain-steps forward and backward passes)")
+@click.option("--explain-max-chars", type=click.IntRange(min=1), default=5_000, show_default=True,
+              help="characters per text for POST /explain")
+@click.option("--explain-steps", type=click.IntRange(min=1), default=None,
+              help="integration steps of POST /explain  [default: 32]")
 def serve(model_dir: str, host: str, port: int, workers: int, api_keys: tuple[str, ...],
           api_keys_file: str | None, max_texts: int, max_chars: int, max_body_bytes: int, max_queue: int,
-          request_timeout: float, max_batch_tokens: int, graceful_timeout: float, **options) -> None:
-    """Serve MODEL_DIR over HTTP: POST /predict; GET /health, /ready, /metrics, /metadata; a web page at /."""
+          request_timeout: float, max_batch_tokens: int, graceful_timeout: float, explain_max_texts: int,
+          explain_max_chars: int, **options) -> None:
+    """Serve MODEL_DIR over HTTP: POST /predict, /explain; GET /health, /ready, /metrics, /metadata; a page at /."""
     from sentune.serve import Deployment, Limits, Policy
     from sentune.serve import serve as serve_model
     from sentune.serve.auth import load_api_keys
@@ -358,7 +365,8 @@ def serve(model_dir: str, host: str, port: int, workers: int, api_keys: tuple[st
     quiet_transformers()
     deployment = Deployment(
         model_dir=model_dir, api_keys=load_api_keys(api_keys, api_keys_file), **options,
-        limits=Limits(max_body_bytes=max_body_bytes, max_texts=max_texts, max_chars=max_chars),
+        limits=Limits(max_body_bytes=max_body_bytes, max_texts=max_texts, max_chars=max_chars,
+                      explain_max_texts=explain_max_texts, explain_max_chars=explain_max_chars),
         policy=Policy(max_queue=max_queue, request_timeout=request_timeout, max_batch_tokens=max_batch_tokens,
                       graceful_timeout=graceful_timeout))
     serve_model(deployment, host=host, port=port, workers=workers, log=lambda line: click.echo(line, err=True))

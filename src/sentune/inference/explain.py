@@ -112,15 +112,22 @@ class Explainer:
     """Integrated gradients for a loaded torch sequence-classification model (fp32: gradients need it)."""
 
     def __init__(self, model, pad_id: int, temperature: float | None):
+        import copy
+        import threading
+
         import torch
         from captum.attr import LayerIntegratedGradients
 
         self.torch = torch
-        self.model = model.float().eval()
+        # A private copy: Captum hooks the embedding layer while it attributes, which would corrupt a
+        # predict running on the same module at that moment (serve runs both); the lock keeps two
+        # explanations from sharing the hook.
+        self.model = copy.deepcopy(model).float().eval()
+        self.lock = threading.Lock()
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
         self.temperature = temperature
-        self.ig = LayerIntegratedGradients(self.forward, model.get_input_embeddings())
+        self.ig = LayerIntegratedGradients(self.forward, self.model.get_input_embeddings())
 
     def forward(self, input_ids, attention_mask):
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -134,18 +141,22 @@ class Explainer:
         content = torch.tensor([[w is not None for w in enc.token_word]], device=self.device)
         baseline = torch.where(content, torch.full_like(ids, self.pad_id), ids)
         mask = torch.ones_like(ids)
-        with torch.no_grad():
-            ends = self.forward(torch.cat([ids, baseline]), torch.cat([mask, mask])).float()
         per_pass = max(1, min(steps, tokens_per_pass // len(enc.ids)))
         out = []
-        for k in outputs:
-            attr, delta = self.ig.attribute(ids, baselines=baseline, target=k, additional_forward_args=(mask,),
-                                            n_steps=steps, internal_batch_size=per_pass,
-                                            return_convergence_delta=True)
-            out.append({"output": k, "tokens": attr.sum(-1)[0].detach().float().cpu().numpy(),
-                        "value": float(ends[0, k]), "baseline_value": float(ends[1, k]),
-                        "delta": float(delta[0])})
+        with self.lock:
+            with torch.no_grad():
+                ends = self.forward(torch.cat([ids, baseline]), torch.cat([mask, mask])).float()
+            for k in outputs:
+                out.append(self.one_output(ids, baseline, mask, k, steps, per_pass))
+        for part in out:
+            part.update(value=float(ends[0, part["output"]]), baseline_value=float(ends[1, part["output"]]))
         return out
+
+    def one_output(self, ids, baseline, mask, k: int, steps: int, per_pass: int) -> dict:
+        """IG toward output k, `per_pass` interpolation steps per forward/backward pass."""
+        attr, delta = self.ig.attribute(ids, baselines=baseline, target=k, additional_forward_args=(mask,),
+                                        n_steps=steps, internal_batch_size=per_pass, return_convergence_delta=True)
+        return {"output": k, "tokens": attr.sum(-1)[0].detach().float().cpu().numpy(), "delta": float(delta[0])}
 
 
 def task_of(config) -> str:

@@ -1,10 +1,11 @@
-"""The HTTP service: `POST /predict`, `GET /health`, `/ready`, `/metrics`, `/metadata`, the page at `/`, /docs.
+"""The HTTP service: `POST /predict`, `POST /explain`, `GET /health`, `/ready`, `/metrics`, `/metadata`, `/`, /docs.
 
 Every request mistake answers 4xx with a JSON body `{"error": "..."}`, never 500: no or a wrong API key
 (401), a body over `max_body_bytes` (413), malformed JSON (400), wrong types, an empty list, too many
 texts or a text over `max_chars` (422). Load answers too: a full queue is 429 with `Retry-After` at once,
 a request that waited past `request_timeout` (or met a shutdown) is 503. Every response carries an
-`X-Request-ID`.
+`X-Request-ID`. `/explain` costs `steps` forward and backward passes per text, so it has its own,
+stricter limits (`explain_max_texts`, `explain_max_chars`) and runs one explanation at a time.
 """
 
 from __future__ import annotations
@@ -43,10 +44,34 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class ExplainRequest(PredictRequest):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "What a great film!"}]})
+    target: StrictStr | None = Field(None, description="label to explain (default: the predicted one)")
+
+
+class Explanation(BaseModel):
+    label: str = Field(description="the label explained (`value` for a regression)")
+    score: float | None = Field(None, description="its probability (single-label models)")
+    words: list[str] = Field(description="the text's whitespace-separated words, as the model read them")
+    scores: list[float | None] = Field(
+        description="per word: its integrated-gradients share of value - baseline_value; > 0 supports the label, "
+                    "null for a word cut by truncation")
+    value: float = Field(description="the explained (temperature-scaled) logit for the text")
+    baseline_value: float = Field(description="the same logit for the all-padding baseline")
+    delta: float = Field(description="convergence delta: sum(scores) - (value - baseline_value)")
+    explanations: list[dict] | None = Field(None, description="multi-label: one entry per predicted label")
+
+
+class ExplainResponse(BaseModel):
+    explanations: list[Explanation]
+
+
 class Limits(BaseModel):
     max_body_bytes: int = 1 << 20
     max_texts: int = 256
     max_chars: int = 20_000
+    explain_max_texts: int = 4
+    explain_max_chars: int = 5_000
 
 
 class Policy(BaseModel):
@@ -119,18 +144,20 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {first.get('msg', 'invalid request')}"
 
 
-def check_request(req: PredictRequest, limits: Limits) -> list[str]:
-    """The texts to classify, or an HTTPException naming what is wrong."""
+def check_request(req: PredictRequest, limits: Limits, explain: bool = False) -> list[str]:
+    """The texts to classify (or explain, under the stricter limits), or an HTTPException naming what is wrong."""
+    max_texts, max_chars = (limits.explain_max_texts, limits.explain_max_chars) if explain else \
+        (limits.max_texts, limits.max_chars)
     if (req.texts is None) == (req.text is None):
         raise HTTPException(422, 'send either {"texts": [...]} or {"text": "..."}')
     texts = [req.text] if req.text is not None else req.texts
     if not texts:
         raise HTTPException(422, "texts is empty: send at least one text")
-    if len(texts) > limits.max_texts:
-        raise HTTPException(422, f"{len(texts)} texts in one request; the limit is {limits.max_texts}")
+    if len(texts) > max_texts:
+        raise HTTPException(422, f"{len(texts)} texts in one request; the limit is {max_texts}")
     for i, text in enumerate(texts):
-        if len(text) > limits.max_chars:
-            raise HTTPException(422, f"text {i} has {len(text)} characters; the limit is {limits.max_chars}")
+        if len(text) > max_chars:
+            raise HTTPException(422, f"text {i} has {len(text)} characters; the limit is {max_chars}")
     return texts
 
 
@@ -194,7 +221,8 @@ def drain_on_signal(batcher: MicroBatcher, seconds: float):
 
 
 def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, limits: Limits | None = None,
-               policy: Policy | None = None, api_keys: list[str] | None = None) -> FastAPI:
+               policy: Policy | None = None, api_keys: list[str] | None = None,
+               explain_steps: int | None = None) -> FastAPI:
     """The service around a loaded `Classifier` (or anything with predict/labels/name/max_length/backend)."""
     limits, policy = limits or Limits(), policy or Policy()
     metrics = Metrics()
@@ -246,6 +274,22 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
         texts = check_request(req, limits)
         return {"predictions": await classify(batcher, texts, request, policy.request_timeout)}
 
+    @app.post("/explain", response_model=ExplainResponse, response_model_exclude_none=True, responses={
+        400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
+        413: {"description": "body too large"},
+        422: {"description": "wrong types, empty list, unknown target, or over the explain limits"}})
+    async def explain(req: ExplainRequest) -> dict:
+        """Word attributions (integrated gradients) toward the predicted label, or `target`.
+
+        Stricter limits than /predict (see /metadata): each text costs `steps` forward and backward passes.
+        """
+        from starlette.concurrency import run_in_threadpool
+
+        texts = check_request(req, limits, explain=True)
+        if req.target is not None and req.target not in classifier.labels:
+            raise HTTPException(422, f"target {req.target!r} is not a label; labels: {', '.join(classifier.labels)}")
+        return {"explanations": await run_in_threadpool(classifier.explain, texts, req.target, explain_steps)}
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
@@ -265,7 +309,8 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     async def metadata() -> dict:
         return {"model": classifier.name, "labels": classifier.labels, "max_length": classifier.max_length,
                 "backend": classifier.backend, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                "auth": bool(api_keys), "limits": limits.model_dump(), "policy": policy.model_dump()}
+                "auth": bool(api_keys), "limits": limits.model_dump(), "policy": policy.model_dump(),
+                "explain_steps": explain_steps}
 
     static = resources.files("sentune.serve").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

@@ -34,6 +34,7 @@ class Deployment(BaseModel):
     api_keys: list[str] = Field(default_factory=list, repr=False)
     log_format: str = "text"
     threads: int | None = None
+    explain_steps: int | None = None
 
 
 def cores() -> int:
@@ -51,7 +52,7 @@ def build_app(d: Deployment):
         torch.set_num_threads(d.threads)
     classifier = Classifier.load(d.model_dir, backend=d.backend)
     return create_app(classifier, max_batch=d.max_batch, max_wait_ms=d.max_wait_ms, limits=d.limits,
-                      policy=d.policy, api_keys=d.api_keys)
+                      policy=d.policy, api_keys=d.api_keys, explain_steps=d.explain_steps)
 
 
 def app_from_env():

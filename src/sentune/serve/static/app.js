@@ -1,4 +1,5 @@
-// The sentune web page: POST the text to /predict and draw one bar per class.
+// The sentune web page: POST the text to /predict and draw one bar per class; with "Highlight words"
+// on, also POST it to /explain and shade each word by its attribution.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -42,29 +43,72 @@ function drawBars(prediction) {
   }
 }
 
+async function post(path, payload) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: JSON.stringify(payload),
+  });
+  const body = await response.json();
+  if (response.status === 401) {
+    sessionStorage.removeItem("sentune-key");
+    askForKey();
+  }
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+// Strength 1..4 relative to the strongest word of this text; under 10 % is left unshaded.
+function strength(score, scale) {
+  const share = scale > 0 ? Math.abs(score) / scale : 0;
+  return share < 0.1 ? 0 : Math.min(4, 1 + Math.floor(share * 4));
+}
+
+function drawWords(explanation) {
+  const words = $("words");
+  words.replaceChildren();
+  const scale = Math.max(0, ...explanation.scores.filter((s) => s !== null).map(Math.abs));
+  explanation.words.forEach((word, i) => {
+    const score = explanation.scores[i];
+    const span = document.createElement("span");
+    span.textContent = word;
+    if (score === null) {
+      span.className = "word unseen";
+      span.title = `${word}: not read by the model (truncated)`;
+    } else {
+      const level = strength(score, scale);
+      const sign = score > 0 ? "for" : "against";
+      span.className = level ? `word ${sign} s${level}` : "word";
+      span.dataset.score = score.toFixed(4);
+      span.title = `${word}: ${score >= 0 ? "+" : ""}${score.toFixed(3)} (${score >= 0 ? "supports" : "opposes"} ${explanation.label})`;
+    }
+    words.append(span, " ");
+  });
+  $("explained-label").textContent = explanation.label;
+  $("explain-note").textContent = `integrated gradients: the scores add up to ${(explanation.value - explanation.baseline_value).toFixed(3)}, ` +
+    `the change of the ${explanation.label} logit from an all-padding baseline (convergence delta ${explanation.delta.toFixed(4)})`;
+  $("explanation").hidden = false;
+}
+
+async function explain(text) {
+  const body = await post("/explain", { text });
+  drawWords(body.explanations[0]);
+}
+
 async function predict(event) {
   event.preventDefault();
   const text = $("text").value;
   if (!text.trim()) return;
   $("predict").disabled = true;
   $("error").hidden = true;
+  $("explanation").hidden = true;
   try {
-    const response = await fetch("/predict", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", ...authHeaders() },
-      body: JSON.stringify({ text }),
-    });
-    const body = await response.json();
-    if (response.status === 401) {
-      sessionStorage.removeItem("sentune-key");
-      askForKey();
-    }
-    if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
-    const prediction = body.predictions[0];
+    const prediction = (await post("/predict", { text })).predictions[0];
     $("label").textContent = prediction.label;
     $("score").textContent = `(${(100 * prediction.score).toFixed(1)}%)`;
     drawBars(prediction);
     $("result").hidden = false;
+    if ($("highlight").checked) await explain(text);
   } catch (e) {
     $("error").textContent = `error: ${e.message}`;
     $("error").hidden = false;
@@ -74,6 +118,10 @@ async function predict(event) {
 }
 
 $("form").addEventListener("submit", predict);
+$("highlight").addEventListener("change", () => {
+  if (!$("highlight").checked) $("explanation").hidden = true;
+  else if (!$("result").hidden) $("form").requestSubmit();
+});
 $("text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
 });
