@@ -103,3 +103,13 @@ def test_sharding_splits_batches_between_processes(train):
 def test_too_long_sequence_is_a_bug_not_silently_cut():
     with pytest.raises(ValueError, match="max_length"):
         make_feed([[1] * 50], [0], batch_size=2, train=False, seed=0, pad_id=0, max_length=40)
+
+
+def test_pad_rows_pads_ids_and_hidden_rows_alike():
+    from sentune.data.padding import pad_rows
+
+    ids, mask = pad_rows([[5, 6, 7], [8]], fill=1)
+    assert ids.tolist() == [[5, 6, 7], [8, 1, 1]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    hidden, mask = pad_rows([np.ones((1, 2)), np.full((2, 2), 3.0)], width=4, dtype=np.float32)
+    assert hidden.shape == (2, 4, 2) and hidden.dtype == np.float32 and mask.tolist() == [[1, 0, 0, 0], [1, 1, 0, 0]]
+    assert hidden[0, 0].tolist() == [1, 1] and hidden[1, :2].tolist() == [[3, 3], [3, 3]] and not hidden[0, 1:].any()

@@ -14,7 +14,7 @@ from tiny_trained import train_tiny
 from sentune.cli import main
 from sentune.errors import ConfigError, ModelError
 from sentune.inference.classifier import Classifier
-from sentune.inference.export import check_texts_from, export, replace_dir
+from sentune.inference.export import check_texts_from, export
 
 TEXTS = ["good great film", "awful", "boring plot and bad acting " * 10, "ok", "love it love it", "meh fine"]
 
@@ -137,16 +137,6 @@ def test_existing_output_needs_overwrite(trained_dir, tmp_path):
 def test_bad_options_are_config_errors(trained_dir, tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         export(trained_dir, tmp_path / "out", **kwargs)
-
-
-def test_replace_dir_swaps_an_existing_folder(tmp_path):
-    new, old = tmp_path / "new", tmp_path / "dst"
-    new.mkdir()
-    (new / "a").write_text("new")
-    old.mkdir()
-    (old / "a").write_text("old")
-    replace_dir(new, old)
-    assert (old / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
 
 
 def test_check_file_texts(tmp_path):

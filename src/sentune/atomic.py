@@ -19,19 +19,31 @@ from typing import Any
 from sentune.errors import WriteError
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) to fill a temporary sibling file, flush it to disk, then rename it to `path`.
+
+    A failed write (OSError) is a WriteError; any failure, a Ctrl-C included, removes the temporary file.
+    """
     path = Path(path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        _cleanup(locals().get("tmp"))
-        raise WriteError(f"cannot write {path}: {e.strerror or e}; the previous file is unchanged") from None
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise WriteError(f"cannot write {path}: {e.strerror or e}; the previous file is unchanged") from None
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -112,13 +124,12 @@ def _fsync_tree(folder: Path) -> None:
     """Data on disk before the rename, so a power loss cannot leave a renamed but empty file."""
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(path)
 
 
-def _cleanup(tmp: str | None) -> None:
-    if tmp and os.path.exists(tmp):
-        os.remove(tmp)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -219,13 +219,18 @@ def resolve(preset: str | None = None, config_file: str | None = None, flags: di
     if config_file:
         apply(cfg, read_yaml(config_file, "config file"), f"config file {config_file}")
     if flags:
-        section_of = {f.name: s for s, f, _ in iter_fields()}
-        nested: dict[str, dict] = {}
-        for name, value in flags.items():
-            nested.setdefault(section_of[name], {})[name] = value
-        apply(cfg, nested, "flag")
+        apply(cfg, nest(flags), "flag")
     validate(cfg)
     return cfg
+
+
+def nest(flags: dict) -> dict[str, dict]:
+    """Flat {field_name: value} (what the CLI's flags give) as {section: {field_name: value}}, as in a config file."""
+    section_of = {f.name: s for s, f, _ in iter_fields()}
+    nested: dict[str, dict] = {}
+    for name, value in flags.items():
+        nested.setdefault(section_of[name], {})[name] = value
+    return nested
 
 
 def validate(cfg: Config) -> None:

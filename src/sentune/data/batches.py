@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sentune.data.padding import pad_rows
+
 # Training batches are formed inside mega-chunks of this many batches (as transformers' LengthGroupedSampler):
 # big enough that lengths inside a batch are close, small enough that batches still mix the data.
 CHUNK_BATCHES = 50
@@ -134,12 +136,7 @@ def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int,
     plan = BatchPlan(lengths, batch_size, train, seed)
 
     def collate(idx: np.ndarray, width: int) -> dict:
-        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(idx), width), dtype=np.int64)
-        for row, i in enumerate(idx):
-            n = lengths[i]
-            ids[row, :n] = input_ids[i]
-            mask[row, :n] = 1
+        ids, mask = pad_rows([input_ids[i] for i in idx], width, fill=pad_id)
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
     return Feed(plan, np.asarray(labels, dtype=np.int64), collate, padding=padding, max_length=max_length,

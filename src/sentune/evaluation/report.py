@@ -8,7 +8,6 @@ current figure) is touched and the pixel size of every PNG is fixed: inches x DP
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from sentune.atomic import atomic_write_text
 from sentune.errors import ConfigError, WriteError
 from sentune.evaluation.metrics import ece_of_table, selection_key
-from sentune.rundir import read_jsonl
+from sentune.rundir import read_json, read_jsonl
 
 DPI = 100
 CONFUSION_INCHES = (6.0, 5.0)
@@ -188,9 +187,9 @@ def write_training_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) if (
         run_dir / "config.yaml").exists() else {}
-    manifest = read_json(run_dir / "manifest.json") or {}
+    manifest = read_json(run_dir / "manifest.json")
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    final = read_json(run_dir / "final_metrics.json")
+    final = read_json(run_dir / "final_metrics.json")  # {} when the run has no test metrics
     train_cfg = cfg.get("train") or {}
     best = best_epoch(rows, train_cfg.get("select_on", "validation"), manifest, final,
                       train_cfg.get("select_metric", "accuracy"))
@@ -320,8 +319,3 @@ class TensorboardLogger:
     def close(self) -> None:
         self._writer.close()
 
-
-def read_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sentune.data.padding import pad_rows
 from sentune.errors import ModelError
 
 ONNX_FILE = "model.onnx"
@@ -69,17 +70,6 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
     logits = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def pad_batch(ids: Sequence[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad to the longest sequence of this batch only (dynamic padding)."""
-    width = max(len(x) for x in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
-    return input_ids, mask
 
 
 class TorchRunner:
@@ -218,7 +208,7 @@ class Classifier:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            input_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
+            input_ids, mask = pad_rows([ids[i] for i in rows], fill=pad_id)  # to this batch's longest
             out[rows] = self.runner(input_ids, mask)
         return out
 

@@ -3,7 +3,8 @@
 The export folder holds `model.onnx`, the tokenizer, `config.json` (labels and the resolved `sentune`
 preprocessing settings, so the ONNX model sees exactly the inputs PyTorch saw) and `export.json` (the
 parity numbers). It is written to a temporary sibling and renamed into place only when the parity check
-passes: int8 dynamic quantization is known to collapse some models, and a collapsed export never lands.
+passes (`atomic.atomic_dir`): int8 dynamic quantization is known to collapse some models, and a collapsed
+export never lands.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import contextlib
 import io
 import json
 import logging
-import os
-import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sentune.atomic import atomic_dir
 from sentune.errors import ConfigError, ModelError
 from sentune.inference.classifier import ONNX_FILE, Classifier
 
@@ -219,20 +219,19 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, fmt: str 
         raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose --output")
     texts = check_texts_from(check_file, text_column)
     reference = Classifier.load(model_dir, backend="torch", device="cpu")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        build(model_dir, tmp, reference, quantize)
-        result = parity(reference, Classifier.load(tmp, backend="onnx", device="cpu"), texts)
+    checked: list[Parity] = []
+
+    def write(folder: Path) -> None:  # a temporary sibling of `out`, swapped in only when it passes
+        build(model_dir, folder, reference, quantize)
+        result = parity(reference, Classifier.load(folder, backend="onnx", device="cpu"), texts)
         if result.agreement < min_agreement:
             raise ModelError(failure_message(result, min_agreement, quantize))
         info = {"format": fmt, "quantize": quantize, "source": str(model_dir.resolve()), **asdict(result)}
-        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out, result
+        (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+        checked.append(result)
+
+    atomic_dir(out, write)
+    return out, checked[0]
 
 
 def build(model_dir: Path, tmp: Path, reference: Classifier, quantize: str | None) -> None:
@@ -245,13 +244,3 @@ def build(model_dir: Path, tmp: Path, reference: Classifier, quantize: str | Non
     else:
         export_onnx(model_dir, tmp / ONNX_FILE)
 
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Rename src to dst; an existing dst is moved aside first and removed only after the swap."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

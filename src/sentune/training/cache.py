@@ -15,7 +15,6 @@ written under a temporary name then renamed, so a crash never leaves a half cach
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -32,7 +31,9 @@ import numpy as np
 import torch
 
 from sentune import model as model_lib
+from sentune.atomic import atomic_file, atomic_write_json
 from sentune.data.batches import BatchPlan, Feed, padded_length
+from sentune.data.padding import pad_rows
 from sentune.errors import WriteError
 
 FORMAT_VERSION = 1
@@ -128,16 +129,13 @@ def _derive(model, k: int, feed: Feed, find: Callable[[int], SplitCache | None],
 
 def cached_feed(feed: Feed, cache: SplitCache) -> Feed:
     """A feed with the same batch plan whose batches carry `hidden` [B, T, H] (stored dtype), not ids."""
-    flat, offsets, lengths = cache.flat, cache.offsets, cache.lengths
+    offsets, lengths, dtype = cache.offsets, cache.lengths, cache.flat.dtype
+    bits = cache.flat.view(_BITS[dtype]).numpy()  # numpy has no bf16; padding with 0 bits is padding with 0.0
 
     def collate(idx: np.ndarray, width: int) -> dict:
-        hidden = torch.zeros((len(idx), width, flat.shape[1]), dtype=flat.dtype)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = int(lengths[i])
-            hidden[row, :n] = flat[offsets[i]:offsets[i] + n]
-            mask[row, :n] = 1
-        return {"hidden": hidden, "attention_mask": mask}
+        rows = [bits[offsets[i]:offsets[i] + lengths[i]] for i in idx]
+        hidden, mask = pad_rows(rows, width, dtype=bits.dtype)
+        return {"hidden": torch.from_numpy(hidden).view(dtype), "attention_mask": torch.from_numpy(mask)}
 
     return Feed(feed.plan, feed.labels, collate, padding=feed.padding, max_length=feed.max_length,
                 pad_to_multiple_of=feed.pad_to_multiple_of, input_ids=None)
@@ -153,47 +151,41 @@ def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | N
     lengths = feed.lengths
     offsets = _offsets(lengths)
     shape = (int(lengths.sum()), model.config.hidden_size)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}") if path is not None else None
-    if in_memory or tmp is None:
+    if in_memory or path is None:
         flat = torch.empty(shape, dtype=dtype)
         _run_prefix(model, k, feed, device, flat, offsets, run)
-        if tmp is not None and not _save_copy(flat, dtype, tmp, path, feed):
+        if path is not None and not _save_copy(flat, dtype, path, feed):
             path = None  # the copy on disk is only for later runs: this run goes on from memory
         return SplitCache(flat, offsets, lengths, "built", path)
-    try:  # larger than the RAM budget: write straight into the file through a memory map
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+
+    def fill(tmp: Path) -> None:  # larger than the RAM budget: write straight into the file through a memory map
         array = np.lib.format.open_memmap(tmp, "w+", _NUMPY[dtype], shape)
         _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets, run)
         array.flush()
         del array
-        _publish(tmp, path, feed)
-    except OSError as e:
-        _remove(tmp)
-        raise WriteError(f"cannot write the frozen-layer cache {path}: {e.strerror or e}; "
-                         "free space, choose another --cache-dir, or use --cache memory/off") from None
+
+    try:
+        _publish(path, fill, feed)
+    except WriteError as e:
+        raise WriteError(f"frozen-layer cache: {e}; free space, choose another --cache-dir, "
+                         "or use --cache memory/off") from None
     return SplitCache(_load(path, dtype, mmap=True), offsets, lengths, "built", path)
 
 
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
-
-
-def _save_copy(flat: torch.Tensor, dtype: torch.dtype, tmp: Path, path: Path, feed: Feed) -> bool:
+def _save_copy(flat: torch.Tensor, dtype: torch.dtype, path: Path, feed: Feed) -> bool:
     """Keep an in-memory cache on disk for later runs; a failure there only costs reuse, so warn and go on."""
     try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.save(f, flat.view(_BITS[dtype]).numpy())
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path, feed)
+        _publish(path, lambda tmp: _save_array(tmp, flat.view(_BITS[dtype]).numpy()), feed)
         return True
-    except OSError as e:
-        _remove(tmp)
-        warnings.warn(f"could not keep the frozen-layer cache in {path.parent} ({e.strerror or e}); "
+    except WriteError as e:
+        warnings.warn(f"could not keep the frozen-layer cache in {path.parent} ({e}); "
                       "this run goes on from memory, later runs rebuild it", stacklevel=2)
         return False
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file, not a name: np.save would append .npy to the name
+        np.save(f, array)
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -220,13 +212,11 @@ def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: 
         model.train(was_training)
 
 
-def _publish(tmp: Path, path: Path, feed: Feed) -> None:
-    """Data, then metadata, each renamed into place when complete: readers never see a half cache."""
-    os.replace(tmp, path)
+def _publish(path: Path, fill: Callable[[Path], None], feed: Feed) -> None:
+    """Data, then metadata, each written atomically: readers never see a half cache (they need both)."""
+    atomic_file(path, fill)
     meta = {"format": FORMAT_VERSION, "examples": int(len(feed.lengths)), "tokens": int(feed.lengths.sum())}
-    meta_tmp = path.with_name(f"{path.stem}.json.tmp-{os.getpid()}")
-    meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
-    os.replace(meta_tmp, path.with_suffix(".json"))
+    atomic_write_json(path.with_suffix(".json"), meta)
 
 
 def _reuse(path: Path, feed: Feed, hidden_size: int, dtype: torch.dtype,

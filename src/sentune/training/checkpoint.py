@@ -68,11 +68,7 @@ def resume_config(run_dir: str | Path, flags: dict, *, preset: str | None = None
         raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming (the finished steps "
                           f"used the run's value); only {allowed} may")
     cfg = config_lib.load(run / "config.yaml")
-    section_of = {f.name: s for s, f, _ in config_lib.iter_fields()}
-    nested: dict[str, dict] = {}
-    for name, value in flags.items():
-        nested.setdefault(section_of[name], {})[name] = value
-    config_lib.apply(cfg, nested, "flag")
+    config_lib.apply(cfg, config_lib.nest(flags), "flag")
     config_lib.validate(cfg)
     cfg.run.output_dir, cfg.run.resume = str(run), str(run)
     return cfg
