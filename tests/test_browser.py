@@ -188,3 +188,63 @@ def test_page_asks_for_the_key_once_when_the_server_needs_one(page, model_dir):
         page.wait_for_selector("#explanation:not([hidden]), #error:not([hidden])", timeout=60_000)
         assert page.is_hidden("#error"), page.text_content("#error")
         assert page.is_hidden("#error") and page.query_selector_all("#words .word")
+
+
+# ---- the multi-label page: several highlighted bars, each label's threshold marked ----------------------------
+MULTI_TEXT = "great film, loved it, but the ending made me sad"
+
+
+@pytest.fixture(scope="module")
+def multi_label_url(tmp_path_factory):
+    """A tiny multi-label model whose thresholds sit just below two labels' probabilities for MULTI_TEXT and
+    just above the third's, so the page must highlight exactly two bars."""
+    import json
+
+    from conftest import save_tiny
+
+    from sentune.evaluation.thresholds import store_thresholds
+    from sentune.inference.classifier import Classifier
+    from sentune.serve import create_app
+
+    folder = save_tiny(tmp_path_factory.mktemp("multi"), "bert", num_labels=3)
+    config = json.loads((folder / "config.json").read_text())
+    names = ["joy", "love", "sadness"]
+    config.update(problem_type="multi_label_classification", id2label=dict(enumerate(names)),
+                  label2id={n: i for i, n in enumerate(names)})
+    (folder / "config.json").write_text(json.dumps(config))
+    probs = Classifier.load(folder).predict_proba([MULTI_TEXT])[0]
+    cut = {"joy": float(probs[0]) - 0.01, "love": float(probs[1]) + 0.01, "sadness": float(probs[2]) - 0.01}
+    store_thresholds(folder, {"global": 0.5, "per_label": cut, "fallback": [], "min_positives": 1, "n": 1})
+    with running_server(create_app(Classifier.load(folder))) as url:
+        yield url, cut
+
+
+def test_multi_label_page_highlights_every_label_above_its_threshold(page, multi_label_url):
+    url, cut = multi_label_url
+    want = api_prediction(url, MULTI_TEXT)
+    page.goto(url + "/")  # the same browser, now on the multi-label model's server
+    page.wait_for_function("document.getElementById('model').textContent.includes('multi-label')")
+    page.fill("#text", MULTI_TEXT)
+    page.click("#predict")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    chosen = [x["label"] for x in want["labels"]]
+    assert sorted(chosen) == ["joy", "sadness"]
+    assert page.text_content("#label") == ", ".join(chosen)
+    assert page.text_content("#caption") == "Predicted labels:"
+    bars = page.query_selector_all("#bars .bar")
+    assert sorted(b.get_attribute("data-label") for b in bars) == ["joy", "love", "sadness"]
+    highlighted = sorted(b.get_attribute("data-label") for b in page.query_selector_all("#bars .bar.best"))
+    assert highlighted == ["joy", "sadness"]
+    for bar in bars:
+        name = bar.get_attribute("data-label")
+        assert float(bar.get_attribute("data-threshold")) == pytest.approx(cut[name])
+        # the threshold mark is drawn where the threshold is on the track
+        at = bar.query_selector(".threshold").evaluate(
+            "e => (e.getBoundingClientRect().left + e.getBoundingClientRect().width / 2"
+            " - e.parentElement.getBoundingClientRect().left) / e.parentElement.getBoundingClientRect().width")
+        assert at == pytest.approx(cut[name], abs=0.01)
+        drawn = bar.query_selector(".fill").evaluate(
+            "e => e.getBoundingClientRect().width / e.parentElement.getBoundingClientRect().width")
+        assert drawn == pytest.approx(want["probs"][name], abs=0.005)
+    if os.environ.get("SENTUNE_SCREENSHOT_MULTI"):
+        page.screenshot(path=os.environ["SENTUNE_SCREENSHOT_MULTI"], full_page=True)

@@ -186,6 +186,15 @@ def calibrate(model_dir: str, validation_file: str | None, **options) -> None:
 
     quiet_transformers()
     result = calibrate_model(model_dir, validation_file, **options)
+    if result.get("task") == "multi_label":
+        t = result["thresholds"]
+        click.echo(f"thresholds tuned on {result['n']} rows of {result['data']['source']}: global {t['global']:.2f}, "
+                   f"{len(t['per_label']) - len(t['fallback'])} per-label (the rest use the global one)")
+        click.echo(f"macro-F1: {result['macro_f1_before']:.4f} -> {result['macro_f1_after']:.4f}; "
+                   f"micro-F1: {result['micro_f1_before']:.4f} -> {result['micro_f1_after']:.4f}")
+        click.echo(f"stored in {model_dir}/config.json (sentune.thresholds)")
+        click.echo(json.dumps(result))
+        return
     click.echo(f"temperature: {result['previous_temperature']:.4f} -> {result['temperature']:.4f} "
                f"(fitted on {result['n']} rows of {result['data']['source']})")
     click.echo(f"NLL: {result['nll_before']:.4f} -> {result['nll_after']:.4f}")

@@ -45,7 +45,14 @@ class DataConfig:
     validation_file: str | None = knob(None, "validation file (else carved from train)")
     test_file: str | None = knob(None, "test file, reported once for the selected weights")
     text_column: str = knob("text", "column holding the text")
-    label_column: str = knob("label", "column holding the label (names or ints)")
+    label_column: str = knob("label", "column holding the label (names or ints; a list of names for "
+                             "multi-label; a number for regression); `labels` is used when there is no `label`")
+    task: str = knob("auto", "auto | single_label | multi_label | regression (auto: a list label -> "
+                     "multi_label, a non-integer number -> regression)")
+    label_separator: str | None = knob(None, "multi-label: the label column joins names with this, e.g. ','")
+    label_columns: str | None = knob(None, "multi-label: one 0/1 column per label, comma-separated names")
+    label_scale: str = knob("standard", "regression: standard (z-score with the training mean/std, undone "
+                            "in the saved head) | none")
     max_length: int = knob(512, "tokens per example, special tokens included")
     truncation: str = knob("head", "which tokens of a long text to keep: head | tail | head+tail")
     head_tokens: int = knob(128, "tokens kept from the start with --truncation head+tail")
@@ -66,8 +73,10 @@ class TrainConfig:
     epochs: int = knob(20, "maximum number of epochs")
     patience: int = knob(4, "epochs without improvement before stopping")
     select_on: str = knob("validation", "validation | test (the reference's choice)")
-    select_metric: str = knob("accuracy", "accuracy | macro_recall | macro_f1: the score that picks the best "
-                              "epoch (TweetEval's official metric is macro_recall)")
+    select_metric: str = knob("accuracy", "accuracy | macro_recall | macro_f1 | micro_f1 | samples_f1 | rmse | "
+                              "pearson | spearman: the score that picks the best epoch (TweetEval's official "
+                              "metric is macro_recall; accuracy means macro_f1 for multi-label, rmse for "
+                              "regression)")
     seed: int = knob(42, "seed of splits, samples, head init and batch order")
     padding: str = knob("dynamic", "dynamic | max_length (the reference's compute)")
     pad_to_multiple_of: int = knob(8, "round dynamic padding up to a multiple (tensor-core friendly)")
@@ -79,14 +88,16 @@ class TrainConfig:
     grad_accum: int = knob(1, "accumulate gradients over N batches")
     max_grad_norm: float | None = knob(None, "clip the gradient norm (off by default, as in the reference)")
     label_smoothing: float = knob(0.0, "cross-entropy label smoothing")
-    class_weights: str = knob("none", "none | balanced (inverse class frequency)")
+    class_weights: str = knob("none", "none | balanced (inverse class frequency; multi-label: per-label "
+                              "positive weights negatives/positives)")
+    loss: str = knob("auto", "auto (cross_entropy | bce for multi-label | mse for regression) | huber")
     on_nan: str = knob("stop", "on a non-finite loss: stop (keeping best/) or skip the step")
     save_every_steps: int | None = knob(None, "mid-epoch resumable checkpoints")
 
 
 @dataclass
 class RunConfig:
-    preset: str | None = knob(None, "imdb | demo")
+    preset: str | None = knob(None, "imdb | demo | goemotions")
     output_dir: str | None = knob(None, "default: runs/<preset-or-name>-<timestamp>")
     device: str = knob("auto", "auto | cpu | cuda | mps")
     progress: bool = knob(True, "show the tqdm Training bar")
@@ -108,7 +119,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "normalize_tweets": ("auto", "on", "off"),
     "precision": ("auto", "fp16", "bf16", "fp32"),
     "select_on": ("validation", "test"),
-    "select_metric": ("accuracy", "macro_recall", "macro_f1"),
+    "select_metric": ("accuracy", "macro_recall", "macro_f1", "micro_f1", "samples_f1", "rmse", "pearson",
+                      "spearman"),
+    "task": ("auto", "single_label", "multi_label", "regression"),
+    "label_scale": ("standard", "none"),
+    "loss": ("auto", "cross_entropy", "bce", "mse", "huber"),
     "padding": ("dynamic", "max_length"),
     "cache": ("auto", "memory", "disk", "off"),
     "scheduler": ("none", "linear", "cosine"),

@@ -63,10 +63,11 @@ def _packaged_model_dir(dist_name: str) -> str:
     raise ModelError(f"package {dist_name} holds no model folder (config.json next to weights)")
 
 
-def load_model(model_cfg: ModelConfig, label_names: list[str]):
+def load_model(model_cfg: ModelConfig, label_names: list[str], problem_type: str | None = None):
     """(AutoModelForSequenceClassification, tokenizer) with the dataset's label names in the config.
 
     A head whose size does not match (e.g. a 3-class checkpoint for 2 labels) is re-initialised.
+    `problem_type` (transformers' name of the task) is stored in the config, so pipelines score it right.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -76,6 +77,8 @@ def load_model(model_cfg: ModelConfig, label_names: list[str]):
     common = {"trust_remote_code": model_cfg.trust_remote_code, "local_files_only": local_only}
     kwargs = dict(common, num_labels=len(label_names), ignore_mismatched_sizes=True,
                   id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    if problem_type:
+        kwargs["problem_type"] = problem_type
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         try:

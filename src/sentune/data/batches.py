@@ -125,6 +125,12 @@ class Feed:
             yield batch
 
 
+def label_array(labels) -> np.ndarray:
+    """Class ids as int64; multi-hot rows [N, L] and regression targets as float32 (what the losses take)."""
+    array = np.asarray(labels)
+    return array.astype(np.float32) if array.dtype.kind == "f" else array.astype(np.int64)
+
+
 def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int, train: bool, seed: int,
               pad_id: int, padding: str = "dynamic", max_length: int, pad_to_multiple_of: int = 8) -> Feed:
     """Token batches: `input_ids` [B, T] (padded with pad_id), `attention_mask` [B, T], `labels`, `index`."""
@@ -139,5 +145,5 @@ def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int,
         ids, mask = pad_rows([input_ids[i] for i in idx], width, fill=pad_id)
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
-    return Feed(plan, np.asarray(labels, dtype=np.int64), collate, padding=padding, max_length=max_length,
+    return Feed(plan, label_array(labels), collate, padding=padding, max_length=max_length,
                 pad_to_multiple_of=pad_to_multiple_of, input_ids=input_ids)

@@ -23,12 +23,20 @@ LABELLED_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 _INT = re.compile(r"\s*-?\d+\s*")
 
 
+@dataclass(frozen=True)
+class LabelForm:
+    """How a multi-label file spells its label sets when they are not JSON lists."""
+
+    separator: str | None = None  # "joy,love" in one column (--label-separator)
+    columns: tuple[str, ...] = ()  # one 0/1 column per label (--label-columns)
+
+
 @dataclass
 class RawSplit:
-    """One split as read: texts, label names as strings, where it came from."""
+    """One split as read: texts, label names as strings (a tuple of names for a label set), its source."""
 
     texts: list[str]
-    labels: list[str]
+    labels: list  # str, or tuple[str, ...] for a multi-label row
     source: str
     class_names: list[str] | None = None  # a ClassLabel's names: the label order to use
     unit: str = "row"  # how to name a position: "row" (1-based data row) or "line"
@@ -70,7 +78,8 @@ def open_text(path: Path) -> io.TextIOBase:
 
 # --- labelled files ---
 
-def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label") -> RawSplit:
+def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label",
+                       form: LabelForm | None = None) -> RawSplit:
     """Read one labelled file into a RawSplit, validating every row."""
     fmt = file_format(path)
     if fmt not in LABELLED_FORMATS:
@@ -81,7 +90,7 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
     try:
         rows = _RECORD_READERS[fmt](path)
         unit = "row" if fmt in ("csv", "tsv", "parquet") else "line"
-        raw = _collect(path, rows, text_column, label_column, unit)
+        raw = _collect(path, rows, text_column, label_column, unit, form)
         names = parquet_class_names(path, label_column) if fmt == "parquet" else None
         return _apply_class_names(raw, names) if names else raw
     except UnicodeDecodeError as e:
@@ -91,26 +100,55 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
 
 
 def _collect(path: Path, records: Iterator[tuple[int, dict]], text_column: str, label_column: str,
-             unit: str) -> RawSplit:
+             unit: str, form: LabelForm | None = None) -> RawSplit:
     texts, labels, positions = [], [], []
+    form = form or LabelForm()
     for position, record in records:
         where = f"{path} {unit} {position}"
-        for column in (text_column, label_column):
-            if column not in record:
-                raise _missing_column(path, column, list(record), where)
-        text, label = record[text_column], label_name(record[label_column])
+        # {"text", "labels": [...]} files (GoEmotions) need no flag: `labels` stands in for a missing `label`
+        column = "labels" if label_column == "label" and "label" not in record and "labels" in record \
+            else label_column
+        for name in (text_column, *(form.columns or (column,))):
+            if name not in record:
+                raise _missing_column(path, name, list(record), where)
+        text = record[text_column]
+        label = _row_label(record, column, form, where)
         if not isinstance(text, str) or not text.strip():
             kind = type(text).__name__
             what = "empty" if text is None or isinstance(text, str) else f"not a string ({kind})"
             raise DataError(f"{where}: text in column {text_column!r} is {what}")
         if label is None:
-            raise DataError(f"{where}: missing label in column {label_column!r}")
+            raise DataError(f"{where}: missing label in column {column!r}")
         texts.append(text)
         labels.append(label)
         positions.append(position)
     if not texts:
         raise DataError(f"{path}: no rows")
     return RawSplit(texts, labels, str(path), unit=unit, positions=positions)
+
+
+def _row_label(record: dict, column: str, form: LabelForm, where: str):
+    """One row's label: a name, or a tuple of names (JSON list, separator-joined string, 0/1 columns)."""
+    if form.columns:
+        return tuple(c for c in form.columns if _flag(record[c], c, where))
+    value = record[column]
+    if isinstance(value, (list, tuple)):
+        names = tuple(label_name(v) for v in value)
+        if any(n is None for n in names):
+            raise DataError(f"{where}: an empty label inside the list in column {column!r}")
+        return names
+    if form.separator is not None and (value is None or isinstance(value, str)):
+        return tuple(p.strip() for p in (value or "").split(form.separator) if p.strip())
+    return label_name(value)
+
+
+def _flag(value, column: str, where: str) -> bool:
+    name = label_name(value)
+    if name in ("1", "True", "true"):
+        return True
+    if name in (None, "0", "False", "false"):
+        return False
+    raise DataError(f"{where}: column {column!r} must be 0 or 1 (one column per label), got {value!r}")
 
 
 def _missing_column(path: Path, column: str, present: list, where: str) -> DataError:

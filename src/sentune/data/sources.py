@@ -87,6 +87,8 @@ def _hub_raw(name: str, split: str, part, text_column: str, label_column: str) -
     from datasets import ClassLabel
 
     source = f"hub:{name}[{split}]"
+    if label_column == "label" and "label" not in part.column_names and "labels" in part.column_names:
+        label_column = "labels"  # multi-label datasets (go_emotions) name their list column so
     for column in (text_column, label_column):
         if column not in part.column_names:
             flag = "--text-column" if column == text_column else "--label-column"
@@ -95,7 +97,11 @@ def _hub_raw(name: str, split: str, part, text_column: str, label_column: str) -
     feature = part.features[label_column]
     labels = part[label_column]
     class_names = list(feature.names) if isinstance(feature, ClassLabel) else None
-    if class_names is not None:
+    inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) / List(ClassLabel): a label set per row
+    if isinstance(inner, ClassLabel):
+        class_names = list(inner.names)
+        labels = [tuple(class_names[v] for v in row) if row is not None else None for row in labels]
+    elif class_names is not None:
         if all(v == -1 for v in labels):
             return None  # an unlabelled split (e.g. GLUE test): nothing to train or evaluate on
         labels = [class_names[v] if v is not None and v >= 0 else None for v in labels]

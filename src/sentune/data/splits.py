@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sentune.data.readers import RawSplit, find_split_files, read_aclimdb, read_labelled_file, read_texts
+from sentune import tasks
+from sentune.data import labels as label_lib
+from sentune.data.readers import (
+    LabelForm,
+    RawSplit,
+    find_split_files,
+    read_aclimdb,
+    read_labelled_file,
+    read_texts,
+)
 from sentune.data.sources import load_hub_split, load_hub_splits, load_package_dataset
 from sentune.data.text import encode_texts, normalize_tweet, wants_tweet_normalization
 from sentune.errors import DataError
@@ -46,6 +55,8 @@ class Splits:
     test: Dataset | None
     label_names: list[str]
     sources: dict[str, dict] = field(default_factory=dict)
+    task: str = "single_label"
+    label_scale: dict | None = None  # regression: the standardisation of the targets (tasks.standardise)
 
 
 def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
@@ -53,8 +64,14 @@ def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
     raw = _raw_splits(data)
     if raw.get("train") is None:
         raise DataError("no training data: give --train-file, or a --dataset with a train split")
-    names, to_id = label_vocabulary(raw["train"])
-    ids = {split: _label_ids(part, to_id, names) for split, part in raw.items() if part is not None}
+    raw = {split: part for split, part in raw.items() if part is not None}
+    task = tasks.resolve_task(data.task, raw["train"].labels, raw["train"].source)
+    scale = None
+    if task == "single_label":
+        names, to_id = label_vocabulary(raw["train"])
+        ids = {split: _label_ids(part, to_id, names) for split, part in raw.items()}
+    else:
+        names, ids, scale = label_lib.encode(task, raw, data.label_column, data.label_scale)
     rows = {split: (raw[split].texts, ids[split]) for split in ids}
     sources = {split: raw[split].source for split in ids}
     if select_on == "validation" and "validation" not in rows:
@@ -66,30 +83,37 @@ def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
         if limit is not None and limit < len(rows[split][0]):
             rows[split] = stratified_sample(rows[split], limit, seed)
             sources[split] += f" (stratified sample of {limit})"
-    datasets = {split: to_dataset(*rows[split]) for split in rows}
+    datasets = {split: to_dataset(*rows[split], task=task) for split in rows}
     return Splits(
         train=datasets["train"], validation=datasets.get("validation"), test=datasets.get("test"),
         label_names=names,
         sources={s: describe(sources[s], rows[s], names) for s in rows},
+        task=task, label_scale=scale,
     )
 
 
 def load_labelled(path_or_dataset: str, *, split: str = "test", dataset_config: str | None = None,
                   text_column: str = "text", label_column: str = "label",
                   label_names: list[str] | None = None, limit: int | None = None,
-                  seed: int = 0) -> tuple[Dataset, list[str]]:
-    """One labelled split (a file, a folder's split, or a Hub split) mapped onto `label_names`."""
+                  seed: int = 0, task: str = "single_label",
+                  form: LabelForm | None = None) -> tuple[Dataset, list[str]]:
+    """One labelled split (a file, a folder's split, or a Hub split) mapped onto `label_names`.
+
+    Multi-label rows become 0/1 vectors over `label_names`; regression targets stay in their units."""
     path = Path(path_or_dataset)
     if path.is_file():
-        part = read_labelled_file(path, text_column, label_column)
+        part = read_labelled_file(path, text_column, label_column, form)
     elif path.is_dir() or str(path_or_dataset).startswith("package:"):
-        part = _local_source(str(path_or_dataset), text_column, label_column).get(split)
+        part = _local_source(str(path_or_dataset), text_column, label_column, form).get(split)
         if part is None:
             raise DataError(f"{path_or_dataset} has no {split} split")
     elif _looks_like_path(path_or_dataset):
         raise DataError(f"{path_or_dataset}: no such file or folder")
     else:
         part = load_hub_split(path_or_dataset, dataset_config, split, text_column, label_column)
+    if task != "single_label":
+        return _labelled_task_rows(part, task, label_names, limit, seed)
+    tasks.resolve_task(task, part.labels, part.source)  # a list label here is a clear error
     if label_names is None:
         label_names, to_id = label_vocabulary(part)
     else:
@@ -98,6 +122,19 @@ def load_labelled(path_or_dataset: str, *, split: str = "test", dataset_config: 
     if limit is not None and limit < len(rows[0]):
         rows = stratified_sample(rows, limit, seed)
     return to_dataset(*rows), list(label_names)
+
+
+def _labelled_task_rows(part: RawSplit, task: str, label_names: list[str] | None, limit: int | None,
+                        seed: int) -> tuple[Dataset, list[str]]:
+    if task == "multi_label":
+        names = list(label_names) if label_names else label_lib.multi_label_vocabulary(part)
+        labels: list = label_lib.multi_hot(part, names, "the model")
+    else:
+        names, labels = list(label_names or ["label"]), label_lib.regression_targets(part)
+    rows = (part.texts, labels)
+    if limit is not None and limit < len(rows[0]):
+        rows = stratified_sample(rows, limit, seed)
+    return to_dataset(*rows, task=task), names
 
 
 # --- label vocabulary (RawSplit labels are already names: 3, 3.0 and "3" are all "3") ---
@@ -142,9 +179,15 @@ def _label_ids(part: RawSplit, to_id: dict[str, int], names: list[str],
 
 # --- sources ---
 
+def label_form(data: DataConfig) -> LabelForm:
+    """--label-separator / --label-columns as the readers take them."""
+    columns = tuple(c.strip() for c in (data.label_columns or "").split(",") if c.strip())
+    return LabelForm(separator=data.label_separator or None, columns=columns)
+
+
 def _raw_splits(data: DataConfig) -> dict[str, RawSplit | None]:
     files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file}
-    cols = (data.text_column, data.label_column)
+    cols = (data.text_column, data.label_column, label_form(data))
     if data.train_file:
         raw: dict[str, RawSplit | None] = {}
     elif data.dataset and (Path(data.dataset).exists() or data.dataset.startswith("package:")):
@@ -152,7 +195,7 @@ def _raw_splits(data: DataConfig) -> dict[str, RawSplit | None]:
     elif data.dataset and _looks_like_path(data.dataset):
         raise DataError(f"--dataset {data.dataset}: no such file or folder")
     elif data.dataset:
-        raw = load_hub_splits(data.dataset, data.dataset_config, *cols)
+        raw = load_hub_splits(data.dataset, data.dataset_config, *cols[:2])
     else:
         raise DataError("no data given: pass --dataset, or --train-file (and --test-file)")
     for split, file in files.items():
@@ -168,53 +211,38 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or file_format(Path(spec)) in LABELLED_FORMATS
 
 
-def _local_source(spec: str, text_column: str, label_column: str) -> dict[str, RawSplit | None]:
+def _local_source(spec: str, text_column: str, label_column: str,
+                  form: LabelForm | None = None) -> dict[str, RawSplit | None]:
     if spec.startswith("package:"):
         return load_package_dataset(spec[len("package:"):])
     path = Path(spec)
     if path.is_file():
-        return {"train": read_labelled_file(path, text_column, label_column)}
+        return {"train": read_labelled_file(path, text_column, label_column, form)}
     if (path / "train").is_dir():
         return read_aclimdb(path)
     found = find_split_files(path)
     if "train" not in found and "test" not in found:
         raise DataError(f"{path}: no train/validation/test files (.csv .tsv .jsonl .json .parquet, "
                         "optionally .gz) and no aclImdb-style train/<label>/*.txt folders")
-    return {split: read_labelled_file(file, text_column, label_column) for split, file in found.items()}
+    return {split: read_labelled_file(file, text_column, label_column, form) for split, file in found.items()}
 
 
 # --- sampling ---
 
-def _stratify(labels: list[int], n_take: int) -> list[int] | None:
-    """Labels to stratify on, or None when a class is too small for sklearn to split it."""
-    counts: dict[int, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
-    fits = min(counts.values()) >= 2 and len(counts) <= n_take <= len(labels) - len(counts)
-    return labels if fits else None
-
-
-def carve(rows: tuple[list[str], list[int]], fraction: float, seed: int):
+def carve(rows: tuple[list[str], list], fraction: float, seed: int):
     """Split (texts, labels) into (rest, carved) with a stratified, seeded `fraction` carved off."""
-    from sklearn.model_selection import train_test_split
-
     texts, labels = rows
     n_carve = max(1, round(len(texts) * fraction))
     if n_carve >= len(texts):
         raise DataError(f"cannot carve a validation split from only {len(texts)} training rows")
-    keep, held = train_test_split(list(range(len(texts))), test_size=n_carve, random_state=seed,
-                                  stratify=_stratify(labels, n_carve))
-    return _take(rows, sorted(keep)), _take(rows, sorted(held))
+    held, keep = label_lib.pick(list(labels), n_carve, seed, held_out=True)
+    return _take(rows, keep), _take(rows, held)
 
 
-def stratified_sample(rows: tuple[list[str], list[int]], n: int, seed: int):
-    """A seeded, label-stratified sample of n rows, kept in the original order."""
-    from sklearn.model_selection import train_test_split
-
-    texts, labels = rows
-    chosen, _ = train_test_split(list(range(len(texts))), train_size=n, random_state=seed,
-                                 stratify=_stratify(labels, n))
-    return _take(rows, sorted(chosen))
+def stratified_sample(rows: tuple[list[str], list], n: int, seed: int):
+    """A seeded, label-stratified sample of n rows (iterative for label sets), kept in the original order."""
+    chosen, _ = label_lib.pick(list(rows[1]), n, seed)
+    return _take(rows, chosen)
 
 
 def _take(rows, indices: list[int]):
@@ -222,19 +250,27 @@ def _take(rows, indices: list[int]):
     return [texts[i] for i in indices], [labels[i] for i in indices]
 
 
-def to_dataset(texts: list[str], labels: list[int]) -> Dataset:
-    from datasets import Dataset, Features, Value
+def to_dataset(texts: list[str], labels: list, task: str = "single_label") -> Dataset:
+    from datasets import Dataset, Features, List, Value
 
-    features = Features({"text": Value("string"), "label": Value("int64")})
+    kind = {"single_label": Value("int64"), "multi_label": List(Value("float32")), "regression": Value("float32")}
+    features = Features({"text": Value("string"), "label": kind[task]})
     return Dataset.from_dict({"text": list(texts), "label": list(labels)}, features=features)
 
 
-def fingerprint(texts: list[str], labels: list[int], names: list[str]) -> str:
+def fingerprint(texts: list[str], labels: list, names: list[str]) -> str:
     """sha256 of the (text, label name) rows in order: the same content gives the same fingerprint."""
     digest = hashlib.sha256()
     for text, label in zip(texts, labels, strict=True):
-        digest.update(json.dumps([text, names[label]], ensure_ascii=False).encode("utf-8") + b"\n")
+        digest.update(json.dumps([text, _label_key(label, names)], ensure_ascii=False).encode("utf-8") + b"\n")
     return digest.hexdigest()
+
+
+def _label_key(label, names: list[str]):
+    """A label as the fingerprint spells it: its name, its set of names, or its (scaled) value."""
+    if isinstance(label, list):
+        return [name for name, on in zip(names, label, strict=True) if on]
+    return label if isinstance(label, float) else names[label]
 
 
 def describe(source: str, rows, names: list[str]) -> dict:

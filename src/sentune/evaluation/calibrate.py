@@ -53,13 +53,18 @@ def nll_and_ece(logits, labels, temperature: float = 1.0) -> tuple[float, float]
 
 def store_temperature(model_dir: str | Path, temperature: float) -> Path:
     """Write `sentune.temperature` into config.json atomically; a failed write is a WriteError, the file unchanged."""
+    return store_setting(model_dir, "temperature", float(temperature))
+
+
+def store_setting(model_dir: str | Path, key: str, value) -> Path:
+    """Write `sentune.<key>` into config.json atomically; a failed write is a WriteError, the file unchanged."""
     path = Path(model_dir) / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ModelError(f"cannot read {path}: {e}") from None
     meta = config.get("sentune") or {}
-    meta["temperature"] = float(temperature)
+    meta[key] = value
     config["sentune"] = meta
     atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
@@ -90,6 +95,10 @@ def calibrate_model(
         require_file(validation_file, "--validation-file")
     source = validation_file or dataset
     clf = Classifier.load(model_dir, backend="torch")
+    if clf.task != "single_label":
+        return calibrate_thresholds(clf, model_dir, source, split=split, dataset_config=dataset_config,
+                                    text_column=text_column, label_column=label_column, limit=limit,
+                                    batch_size=batch_size)
     rows, _ = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
                             label_column=label_column, label_names=clf.labels, limit=limit)
     if len(rows) < 2:
@@ -104,3 +113,30 @@ def calibrate_model(
     return {"temperature": temperature, "previous_temperature": previous, "n": int(len(labels)),
             "nll_before": nll_before, "nll_after": nll_after, "ece_before": ece_before,
             "ece_after": ece_after, "data": {"source": str(source), "split": split, "limit": limit}}
+
+
+def calibrate_thresholds(clf, model_dir: str, source: str, *, split: str, dataset_config: str | None,
+                         text_column: str, label_column: str, limit: int | None, batch_size: int) -> dict:
+    """Multi-label calibration: tune decision thresholds on held-out data and store them (thresholds.py)."""
+    from sentune.data.splits import load_labelled
+    from sentune.evaluation.task_metrics import multi_label_metrics
+    from sentune.evaluation.thresholds import tune_thresholds
+
+    if clf.task == "regression":
+        raise ConfigError(f"{model_dir} is a regression model: there is no temperature or threshold to calibrate")
+    rows, names = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
+                                label_column=label_column, label_names=clf.labels, limit=limit,
+                                task="multi_label")
+    if len(rows) < 2:
+        raise DataError(f"{source}: need at least 2 labelled rows to tune thresholds, got {len(rows)}")
+    labels = np.asarray(list(rows["label"]))
+    probs = clf.predict_proba(list(rows["text"]), batch_size=batch_size)
+    previous = clf.settings.thresholds
+    thresholds = tune_thresholds(probs, labels, names)
+    before = multi_label_metrics(labels, probs, names, previous)
+    after = multi_label_metrics(labels, probs, names, thresholds)
+    store_setting(model_dir, "thresholds", thresholds)
+    return {"task": "multi_label", "thresholds": thresholds, "previous_thresholds": previous, "n": int(len(labels)),
+            "macro_f1_before": before["macro_f1"], "macro_f1_after": after["macro_f1"],
+            "micro_f1_before": before["micro_f1"], "micro_f1_after": after["micro_f1"],
+            "data": {"source": str(source), "split": split, "limit": limit}}

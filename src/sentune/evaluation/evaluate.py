@@ -17,6 +17,10 @@ from sentune.evaluation.metrics import compute_metrics
 
 def summary_lines(metrics: dict) -> list[str]:
     """The short human summary printed before the JSON line."""
+    if metrics.get("task") in ("multi_label", "regression"):
+        from sentune.evaluation import task_metrics
+
+        return task_metrics.summary_lines(metrics)
     lines = [
         f"n={metrics['n']}  accuracy={metrics['accuracy']:.4f}  macro-F1={metrics['macro_f1']:.4f}  "
         f"macro-recall={metrics['macro_recall']:.4f}  ECE={metrics['ece']:.4f}  NLL={metrics['nll']:.4f}",
@@ -59,6 +63,14 @@ def evaluate_model(
         require_file(test_file, "--test-file")
     source = dataset if dataset is not None else test_file
     clf = Classifier.load(model_dir, backend=backend)
+    if clf.task != "single_label":  # multi-label / regression: their own metrics (task_metrics.py)
+        from sentune.evaluation.task_metrics import evaluate_task
+
+        metrics = evaluate_task(clf, source, split=split, dataset_config=dataset_config, text_column=text_column,
+                                label_column=label_column, limit=limit, batch_size=batch_size)
+        metrics["model"] = str(model_dir)
+        metrics["data"] = {"source": str(source), "split": split, "limit": limit}
+        return metrics
     rows, label_names = load_labelled(
         source, split=split, dataset_config=dataset_config, text_column=text_column,
         label_column=label_column, label_names=list(clf.labels), limit=limit,

@@ -95,12 +95,14 @@ def plot_reliability_table(table: dict, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_curves(metrics_rows: list[dict], best_epoch: int | None, path: str | Path) -> Path:
-    """Loss (left) and accuracy (right) per epoch for train/validation/test; the selected epoch marked."""
+def plot_curves(metrics_rows: list[dict], best_epoch: int | None, path: str | Path,
+                metric: tuple[str, str] = ("acc", "Accuracy")) -> Path:
+    """Loss (left) and accuracy (right; or `metric`: (field suffix, title)) per epoch for train/validation/test;
+    the selected epoch marked."""
     fig = _figure(CURVES_INCHES)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = [row["epoch"] for row in metrics_rows]
-    for ax, suffix, title in ((loss_ax, "loss", "Loss"), (acc_ax, "acc", "Accuracy")):
+    for ax, suffix, title in ((loss_ax, "loss", "Loss"), (acc_ax, *metric)):
         for split, color in SPLIT_COLORS.items():
             values = [row.get(f"{split}_{suffix}") for row in metrics_rows]
             if all(v is None for v in values):
@@ -121,6 +123,10 @@ def plot_curves(metrics_rows: list[dict], best_epoch: int | None, path: str | Pa
 # ---- markdown --------------------------------------------------------------------------------------------
 def metrics_markdown(metrics: dict, heading: str = "##") -> list[str]:
     """Headline table, per-class table and the two evaluation plots (relative links)."""
+    if metrics.get("task") in ("multi_label", "regression"):
+        from sentune.evaluation.task_report import markdown
+
+        return markdown(metrics, heading)
     lines = [
         "| metric | value |", "|---|---|",
         f"| accuracy | {metrics['accuracy']:.4f} |",
@@ -143,6 +149,10 @@ def metrics_markdown(metrics: dict, heading: str = "##") -> list[str]:
 
 def write_eval_plots(out_dir: str | Path, metrics: dict) -> None:
     out_dir = Path(out_dir)
+    if metrics.get("task") in ("multi_label", "regression"):
+        from sentune.evaluation.task_report import write_plots
+
+        return write_plots(out_dir, metrics)
     plot_confusion(metrics["confusion_matrix"], metrics["label_names"], out_dir / "confusion_matrix.png")
     if metrics.get("reliability"):
         plot_reliability_table(metrics["reliability"], out_dir / "reliability.png")
@@ -255,8 +265,13 @@ def _data_section(manifest: dict) -> list[str]:
     for split, info in data.items():
         info = info or {}
         counts = info.get("label_counts") or {}
-        total = sum(counts.values()) or 1
-        balance = ", ".join(f"{name} {count} ({count / total:.1%})" for name, count in counts.items())
+        if manifest.get("task", "single_label") != "single_label":
+            from sentune.evaluation.task_report import balance_cell
+
+            balance = balance_cell(manifest["task"], counts)
+        else:
+            total = sum(counts.values()) or 1
+            balance = ", ".join(f"{name} {count} ({count / total:.1%})" for name, count in counts.items())
         lines.append(f"| {split} | {info.get('rows', '')} | {balance} | `{info.get('source', '')}` | "
                      f"`{str(info.get('fingerprint', ''))[:12]}` |")
     return lines + [""]
@@ -265,7 +280,12 @@ def _data_section(manifest: dict) -> list[str]:
 def _training_section(run_dir: Path, rows: list[dict], best: int | None, cfg: dict) -> list[str]:
     if not rows:
         return ["## Training", "", "No epoch finished (metrics.jsonl is empty).", ""]
-    plot_curves(rows, best, run_dir / "curves.png")
+    metric_name = (cfg.get("train") or {}).get("select_metric", "accuracy")
+    task = (cfg.get("data") or {}).get("task", "single_label")
+    # outside single-label, accuracy means little: the curve and the table show the selection metric
+    column = "acc" if task in ("single_label", "auto") else metric_name
+    plot_curves(rows, best, run_dir / "curves.png",
+                ("acc", "Accuracy") if column == "acc" else (column, column.replace("_", "-")))
     seconds = [row["epoch_seconds"] for row in rows if row.get("epoch_seconds") is not None]
     speed = [row["train_samples_per_second"] for row in rows if row.get("train_samples_per_second")]
     select_on = (cfg.get("train") or {}).get("select_on", "validation")
@@ -277,11 +297,11 @@ def _training_section(run_dir: Path, rows: list[dict], best: int | None, cfg: di
     if speed:
         lines.append(f"- training throughput: {np.mean(speed):.1f} samples/s on average")
     lines += ["", "![loss and accuracy per epoch](curves.png)", "",
-              "| epoch | train loss | train acc | val acc | test acc | seconds | samples/s |",
+              f"| epoch | train loss | train {column} | val {column} | test {column} | seconds | samples/s |",
               "|---|---|---|---|---|---|---|"]
     for row in rows:
         mark = " (selected)" if row["epoch"] == best else ""
-        cells = [_fmt(row.get(k)) for k in ("train_loss", "train_acc", "val_acc", "test_acc")]
+        cells = [_fmt(row.get(k)) for k in ("train_loss", f"train_{column}", f"val_{column}", f"test_{column}")]
         cells += [_fmt(row.get("epoch_seconds"), 1), _fmt(row.get("train_samples_per_second"), 1)]
         lines.append(f"| {row['epoch']}{mark} | " + " | ".join(cells) + " |")
     return lines + [""]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sentune import tasks
 from sentune.data.padding import pad_rows
 from sentune.errors import ModelError
 
@@ -30,6 +31,9 @@ class Settings:
     head_tokens: int = 128
     normalize_tweets: bool = False
     temperature: float | None = None
+    task: str = "single_label"  # from config.json's problem_type
+    thresholds: dict | None = None  # multi-label decision thresholds ({"global", "per_label"}), tuned by training
+    label_scale: dict | None = None  # regression: the training targets' mean/std (already folded into the head)
 
 
 def read_settings(path: str, config, tokenizer) -> Settings:
@@ -49,6 +53,9 @@ def read_settings(path: str, config, tokenizer) -> Settings:
         head_tokens=int(meta.get("head_tokens", 128)),
         normalize_tweets=normalize,
         temperature=float(meta["temperature"]) if meta.get("temperature") else None,
+        task=tasks.task_of(config),
+        thresholds=meta.get("thresholds") or None,
+        label_scale=meta.get("label_scale") or None,
     )
 
 
@@ -185,6 +192,15 @@ class Classifier:
         return list(self.settings.labels)
 
     @property
+    def task(self) -> str:
+        return self.settings.task
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """Per-label decision thresholds (multi-label), in `labels` order; 0.5 where none are stored."""
+        return tasks.threshold_vector(self.settings.thresholds, self.settings.labels)
+
+    @property
     def max_length(self) -> int:
         return self.settings.max_length
 
@@ -213,11 +229,16 @@ class Classifier:
         return out
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Class probabilities (n, num_labels), columns in `labels` order, temperature applied when present."""
-        return softmax(self.logits(texts, batch_size), self.settings.temperature)
+        """Class probabilities (n, num_labels), columns in `labels` order, temperature applied when present.
+
+        Multi-label: one sigmoid probability per label; regression: the value (n, 1) in the original units."""
+        return tasks.to_scores(self.task, self.logits(texts, batch_size), self.settings.temperature)
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict]:
-        """Per text: {"label": best label, "score": its probability, "probs": {label: probability}}."""
+        """Per text: {"label": best label, "score": its probability, "probs": {label: probability}}.
+
+        Multi-label: {"labels": [{"label", "score"}, ...] (every label at or above its threshold, best
+        first), "probs": {label: probability}}; regression: {"value": number}."""
         return self.to_predictions(self.predict_proba(texts, batch_size))
 
     def explain(self, texts: Sequence[str], target: str | None = None, steps: int | None = None) -> list[dict]:
@@ -240,12 +261,26 @@ class Classifier:
         return self._explainer
 
     def to_predictions(self, probs: np.ndarray) -> list[dict]:
+        if self.task == "regression":
+            return [{"value": float(v)} for v in np.asarray(probs)[:, 0].tolist()]
+        if self.task == "multi_label":
+            return multi_label_predictions(probs, self.settings.labels, self.thresholds)
         labels = self.settings.labels
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
             out.append({"label": labels[best], "score": row[best], "probs": dict(zip(labels, row, strict=True))})
         return out
+
+
+def multi_label_predictions(probs: np.ndarray, labels: list[str], thresholds: np.ndarray) -> list[dict]:
+    on = tasks.decide(probs, thresholds)
+    out = []
+    for row, chosen in zip(np.asarray(probs).tolist(), on.tolist(), strict=True):
+        picked = sorted((i for i, c in enumerate(chosen) if c), key=lambda i: -row[i])
+        out.append({"labels": [{"label": labels[i], "score": row[i]} for i in picked],
+                    "probs": dict(zip(labels, row, strict=True))})
+    return out
 
 
 def check_texts(texts) -> None:

@@ -24,6 +24,8 @@ from sentune.errors import ConfigError, ModelError
 from sentune.inference.classifier import ONNX_FILE, Classifier
 
 CHECK_LIMIT = 1000  # rows of --check-file used for the parity check
+# Regression: an exported value agrees when within this share of the targets' std (or absolutely, unscaled)
+REGRESSION_TOLERANCE = 0.01
 
 BUILTIN_TEXTS = [
     "I loved this movie, the acting was superb and the story kept me hooked.",
@@ -74,14 +76,18 @@ class Parity:
     """How closely the exported model follows PyTorch fp32 on the check texts."""
 
     n: int
-    agreement: float  # share of texts with the same label
-    max_prob_diff: float  # largest absolute difference of any class probability
+    agreement: float  # share of texts with the same label (multi-label: label set; regression: value within tolerance)
+    max_prob_diff: float  # largest absolute difference of any class probability (regression: of the value)
     reference_labels: dict  # label -> count under PyTorch
     export_labels: dict  # label -> count under the export
+    task: str = "single_label"
 
     def summary(self) -> str:
-        return (f"parity on {self.n} texts: label agreement {self.agreement:.2%}, "
-                f"max probability difference {self.max_prob_diff:.4f}")
+        what = {"single_label": "label", "multi_label": "label-set (at the thresholds)",
+                "regression": "value (within tolerance)"}[self.task]
+        diff = "value" if self.task == "regression" else "probability"
+        return (f"parity on {self.n} texts: {what} agreement {self.agreement:.2%}, "
+                f"max {diff} difference {self.max_prob_diff:.4f}")
 
 
 def default_output(model_dir: Path, quantize: str | None) -> Path:
@@ -180,6 +186,8 @@ def write_companions(model_dir: Path, out: Path, reference: Classifier) -> None:
 def parity(reference: Classifier, exported: Classifier, texts: list[str], batch_size: int = 32) -> Parity:
     ref, got = reference.predict_proba(texts, batch_size), exported.predict_proba(texts, batch_size)
     labels = reference.labels
+    if reference.task != "single_label":
+        return task_parity(reference, ref, got)
 
     def counts(probs: np.ndarray) -> dict:
         return {labels[i]: int(c) for i, c in zip(*np.unique(probs.argmax(1), return_counts=True), strict=True)}
@@ -193,8 +201,29 @@ def parity(reference: Classifier, exported: Classifier, texts: list[str], batch_
     )
 
 
+def task_parity(reference: Classifier, ref: np.ndarray, got: np.ndarray) -> Parity:
+    """Multi-label: the label sets decided at the stored thresholds must match; regression: the values
+    within REGRESSION_TOLERANCE of the targets' std."""
+    if reference.task == "regression":
+        scale = reference.settings.label_scale or {}
+        tolerance = REGRESSION_TOLERANCE * float(scale.get("std", 1.0))
+        diff = np.abs(ref[:, 0] - got[:, 0])
+        return Parity(n=len(ref), agreement=float((diff <= tolerance).mean()), max_prob_diff=float(diff.max()),
+                      reference_labels={}, export_labels={}, task="regression")
+    cut = reference.thresholds
+    on_ref, on_got = ref >= cut, got >= cut
+
+    def counts(on: np.ndarray) -> dict:
+        return {name: int(c) for name, c in zip(reference.labels, on.sum(0).tolist(), strict=True) if c}
+
+    return Parity(n=len(ref), agreement=float((on_ref == on_got).all(1).mean()),
+                  max_prob_diff=float(np.abs(ref - got).max()), reference_labels=counts(on_ref),
+                  export_labels=counts(on_got), task="multi_label")
+
+
 def failure_message(p: Parity, min_agreement: float, quantize: str | None) -> str:
-    msg = (f"the exported model agrees with PyTorch on only {p.agreement:.2%} of {p.n} labels "
+    what = {"single_label": "labels", "multi_label": "label sets", "regression": "values"}[p.task]
+    msg = (f"the exported model agrees with PyTorch on only {p.agreement:.2%} of {p.n} {what} "
            f"(minimum {min_agreement:.2%}; max probability difference {p.max_prob_diff:.4f})")
     if len(p.export_labels) < len(p.reference_labels):
         msg += f"; it collapsed onto {', '.join(p.export_labels)} (PyTorch: {p.reference_labels})"

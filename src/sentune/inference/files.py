@@ -20,7 +20,7 @@ from typing import IO
 from sentune.inference.classifier import Classifier
 
 CHUNK_ROWS = 1024  # rows classified per chunk: large enough for good length-sorted batches
-OUTPUT_KEYS = ("label", "score", "probs")
+OUTPUT_KEYS = ("label", "score", "probs", "labels", "value")  # single-label; multi-label; regression
 GOLD_COLUMN = "label"
 
 
@@ -85,7 +85,9 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    """CSV with one `prob_<label>` column per class; the header comes from the first record."""
+    """CSV with one `prob_<label>` column per class; the header comes from the first record.
+
+    Multi-label: `labels` holds the chosen names joined by ","; regression: one `value` column."""
 
     def __init__(self, out: IO[str], labels: list[str]):
         self.out = out
@@ -94,7 +96,9 @@ class CsvWriter:
 
     def write(self, record: dict) -> None:
         flat = {k: v for k, v in record.items() if k != "probs"}
-        flat.update({f"prob_{label}": p for label, p in record["probs"].items()})
+        if isinstance(record.get("labels"), list):
+            flat["labels"] = ",".join(item["label"] for item in record["labels"])
+        flat.update({f"prob_{label}": p for label, p in (record.get("probs") or {}).items()})
         if self.writer is None:
             self.writer = csv.DictWriter(self.out, fieldnames=list(flat), extrasaction="ignore", restval="")
             self.writer.writeheader()
@@ -111,7 +115,8 @@ def write_predictions(clf: Classifier, rows: Iterable[dict], out: IO[str], *, fm
     bar = tqdm(unit=" texts", disable=None if progress else True, file=sys.stderr, dynamic_ncols=True)
     for index, (row, prediction) in enumerate(predict_rows(clf, rows, batch_size)):
         writer.write(output_record(row, prediction, index))
-        accuracy.add(row.get(GOLD_COLUMN), prediction["label"])
+        if "label" in prediction:  # accuracy against a gold column means one label per text
+            accuracy.add(row.get(GOLD_COLUMN), prediction["label"])
         bar.update(1)
     bar.close()
     return accuracy

@@ -66,6 +66,43 @@ class ExplainResponse(BaseModel):
     explanations: list[Explanation]
 
 
+class ChosenLabel(BaseModel):
+    label: str
+    score: float = Field(description="sigmoid probability of the label (at or above its threshold)")
+
+
+class MultiLabelPrediction(BaseModel):
+    labels: list[ChosenLabel] = Field(description="every label at or above its decision threshold, best first")
+    probs: dict[str, float] = Field(description="sigmoid probability of every label")
+
+
+class MultiLabelResponse(BaseModel):
+    predictions: list[MultiLabelPrediction]
+
+
+class RegressionPrediction(BaseModel):
+    value: float = Field(description="the predicted value, in the training targets' units")
+
+
+class RegressionResponse(BaseModel):
+    predictions: list[RegressionPrediction]
+
+
+# The OpenAPI schema of /predict follows the model's task (config.json problem_type).
+RESPONSES = {"single_label": PredictResponse, "multi_label": MultiLabelResponse, "regression": RegressionResponse}
+
+
+def task_metadata(classifier) -> dict:
+    """What the page needs to draw a task: the task, and the decision thresholds of a multi-label model."""
+    task = getattr(classifier, "task", "single_label")
+    out: dict = {"task": task}
+    if task == "multi_label":
+        out["thresholds"] = dict(zip(classifier.labels, map(float, classifier.thresholds), strict=True))
+    if task == "regression":
+        out["label_scale"] = getattr(getattr(classifier, "settings", None), "label_scale", None)
+    return out
+
+
 class Limits(BaseModel):
     max_body_bytes: int = 1 << 20
     max_texts: int = 256
@@ -263,7 +300,7 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     async def on_http(_request: Request, exc: HTTPException):
         return error(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    @app.post("/predict", response_model=PredictResponse, responses={
+    @app.post("/predict", response_model=RESPONSES[getattr(classifier, "task", "single_label")], responses={
         400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
         413: {"description": "body too large"},
         422: {"description": "wrong types, empty list, too many texts or a text too long"},
@@ -310,7 +347,7 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
         return {"model": classifier.name, "labels": classifier.labels, "max_length": classifier.max_length,
                 "backend": classifier.backend, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "auth": bool(api_keys), "limits": limits.model_dump(), "policy": policy.model_dump(),
-                "explain_steps": explain_steps}
+                "explain_steps": explain_steps, **task_metadata(classifier)}
 
     static = resources.files("sentune.serve").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

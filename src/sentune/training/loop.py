@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sentune import model as model_lib
-from sentune import rundir
+from sentune import rundir, tasks
 from sentune.config import Config
 from sentune.evaluation.metrics import selection_key, selection_score
 from sentune.training import checkpoint, guards
@@ -30,7 +30,8 @@ from sentune.training.prepare import Prepared, Shared, prepare
 
 __all__ = ["TrainState", "evaluate", "fit", "run"]
 
-METRIC_NAMES = {"accuracy": "acc", "macro_recall": "macro-recall", "macro_f1": "macro-F1"}
+METRIC_NAMES = {"accuracy": "acc", "macro_recall": "macro-recall", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
+                "samples_f1": "samples-F1", "rmse": "RMSE", "pearson": "Pearson", "spearman": "Spearman"}
 
 
 def run(cfg: Config) -> Path:
@@ -57,7 +58,8 @@ def train_epochs(p: Prepared, state: TrainState) -> bool:
         if state.stale >= cfg.train.patience:
             return True
         row = train_and_evaluate(p, state, epoch)
-        improved = select(state, row, selection_key(cfg.train.select_on, cfg.train.select_metric))
+        improved = select(state, row, selection_key(cfg.train.select_on, cfg.train.select_metric),
+                          tasks.sign(cfg.train.select_metric))
         state.epoch, state.step, state.partial, state.history = epoch, 0, None, [*state.history, row]
         p.log(epoch_line(row))
         if p.is_main:
@@ -86,7 +88,7 @@ def train_and_evaluate(p: Prepared, state: TrainState, epoch: int) -> dict:
         f"val_{metric}": val and val[metric], f"test_{metric}": test and test[metric]}
     return extra | {
         "epoch": epoch,
-        "train_loss": tr["loss"], "train_acc": tr["acc"],
+        "train_loss": tr["loss"], "train_acc": tr["acc"] if p.splits.task != "regression" else None,
         "val_loss": val and val["loss"], "val_acc": val and val["acc"],
         "test_loss": test and test["loss"], "test_acc": test and test["acc"],
         "epoch_seconds": time.perf_counter() - t0,
@@ -98,11 +100,19 @@ def train_and_evaluate(p: Prepared, state: TrainState, epoch: int) -> dict:
 
 def scored_evaluate(p: Prepared, split: str) -> dict:
     """evaluate() plus the --select-metric score when it is not accuracy (that one needs every prediction)."""
-    metric = p.cfg.train.select_metric
+    metric, task = p.cfg.train.select_metric, p.splits.task
     if metric == "accuracy":
         return evaluate(p, split)
     out = evaluate(p, split, with_probs=True)  # gathered on every process, so all agree on the score
-    out[metric] = selection_score(metric, getattr(p.splits, split)["label"], out.pop("probs").argmax(-1).numpy())
+    labels, scores = list(getattr(p.splits, split)["label"]), out.pop("probs").numpy()
+    if task == "single_label":
+        out[metric] = selection_score(metric, labels, scores.argmax(-1))
+    else:
+        from sentune.evaluation.task_metrics import selection_score as task_score
+
+        out[metric] = task_score(task, metric, labels, scores, p.splits.label_scale)
+    if task == "regression":
+        out["acc"] = None
     return out
 
 
@@ -152,7 +162,7 @@ def train_step(p: Prepared, batch: dict, sync: bool, epoch: int, step: int) -> t
     """Forward and backward on one batch, an optimizer step when `sync`; returns [loss*n, correct, n]."""
     acc = p.accelerator
     batch = {name: t.to(acc.device) for name, t in batch.items()}
-    n = batch["labels"].numel()
+    n = batch["labels"].shape[0]
     # without sync, DDP keeps this batch's gradients local (they join the next synced step's all-reduce)
     with contextlib.nullcontext() if sync else acc.no_sync(p.net), acc.autocast():
         logits = p.net(batch)
@@ -167,7 +177,7 @@ def train_step(p: Prepared, batch: dict, sync: bool, epoch: int, step: int) -> t
         if p.scheduler is not None:
             p.scheduler.step()
         p.optimizer.zero_grad(set_to_none=True)
-    correct = (logits.argmax(-1) == batch["labels"]).sum().float()
+    correct = tasks.hits(p.splits.task, logits, batch["labels"])
     return torch.stack([loss.detach().float() * n, correct, torch.tensor(float(n), device=acc.device)])
 
 
@@ -180,7 +190,7 @@ def save_mid_epoch(p: Prepared, state: TrainState, done: int, sums: torch.Tensor
 @torch.no_grad()
 def evaluate(p: Prepared, split: str, with_probs: bool = False) -> dict:
     """Loss and accuracy on one split, sharded across processes; probabilities in input order if asked."""
-    acc, k = p.accelerator, p.cfg.model.freeze_layers
+    acc, k, task = p.accelerator, p.cfg.model.freeze_layers, p.splits.task
     model = acc.unwrap_model(p.model)  # no DDP hooks: ranks may run different numbers of eval batches
     model.eval()
     sums = torch.zeros(3, device=acc.device)
@@ -189,12 +199,12 @@ def evaluate(p: Prepared, split: str, with_probs: bool = False) -> dict:
         batch = {name: t.to(acc.device) for name, t in batch.items()}
         with acc.autocast():
             logits = model_lib.forward_logits(model, batch, k).float()
-        n = batch["labels"].numel()
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
-        sums += torch.stack([loss, (logits.argmax(-1) == batch["labels"]).sum().float(),
+        n = batch["labels"].shape[0]
+        loss = tasks.eval_loss_sum(task, logits, batch["labels"])
+        sums += torch.stack([loss, tasks.hits(task, logits, batch["labels"]),
                              torch.tensor(float(n), device=acc.device)])
         if with_probs:
-            probs.append(logits.softmax(-1).cpu())
+            probs.append(tasks.torch_scores(task, logits).cpu())
             index.append(batch["index"].cpu())
     total = acc.reduce(sums, reduction="sum")
     out = {"loss": (total[0] / total[2]).item(), "acc": (total[1] / total[2]).item(), "n": int(total[2].item())}
@@ -213,12 +223,12 @@ def gather_in_order(acc, probs: list[torch.Tensor], index: list[torch.Tensor]) -
     return out
 
 
-def select(state: TrainState, row: dict, key: str) -> bool:
-    """Early-stopping bookkeeping on the selection score (`state.best_acc` holds it, whichever metric it is);
-    True when this epoch is the new best."""
+def select(state: TrainState, row: dict, key: str, sign: float = 1.0) -> bool:
+    """Early-stopping bookkeeping on the selection score (`state.best_acc` holds it, whichever metric it is,
+    times `sign`: -1 for errors such as RMSE, so higher is always better); True when this epoch is the new best."""
     metric = row.get(key)
-    if metric is not None and metric > state.best_acc:
-        state.best_acc, state.best_epoch, state.stale = metric, row["epoch"], 0
+    if metric is not None and (state.best_epoch is None or sign * metric > state.best_acc):
+        state.best_acc, state.best_epoch, state.stale = sign * metric, row["epoch"], 0
         return True
     state.stale += 1
     return False
@@ -228,8 +238,19 @@ def save_best(p: Prepared) -> None:
     p.accelerator.wait_for_everyone()
     if p.is_main:
         model = p.accelerator.unwrap_model(p.model)
-        rundir.atomic_dir(p.run_dir / "best", lambda d: (model.save_pretrained(d), p.tokenizer.save_pretrained(d)))
+        rundir.atomic_dir(p.run_dir / "best", lambda d: save_model(p, model, d))
     p.accelerator.wait_for_everyone()
+
+
+def save_model(p: Prepared, model, folder) -> None:
+    """save_pretrained, with a regression target's scale folded into the head for the saved copy only
+    (best/ answers in the original units; training goes on in standardised ones)."""
+    tasks.fold_scale(model, p.splits.label_scale)
+    try:
+        model.save_pretrained(folder)
+    finally:
+        tasks.fold_scale(model, p.splits.label_scale, inverse=True)
+    p.tokenizer.save_pretrained(folder)
 
 
 def reload_best(p: Prepared) -> None:
@@ -237,7 +258,9 @@ def reload_best(p: Prepared) -> None:
 
     # read on the CPU ("cpu:0", a multi-process CPU device, is not a device safetensors knows); copied in place
     state = load_file(str(p.run_dir / "best" / "model.safetensors"))
-    p.accelerator.unwrap_model(p.model).load_state_dict(state, strict=False)
+    model = p.accelerator.unwrap_model(p.model)
+    model.load_state_dict(state, strict=False)
+    tasks.fold_scale(model, p.splits.label_scale, inverse=True)  # back to the units the feeds hold
 
 
 def finish(p: Prepared, state: TrainState, stopped_early: bool) -> None:
@@ -245,13 +268,19 @@ def finish(p: Prepared, state: TrainState, stopped_early: bool) -> None:
     name = METRIC_NAMES[p.cfg.train.select_metric]
     if stopped_early:
         p.log("Early stopping.")
-    p.log(f"Best {tag} {name}: {state.best_acc:.4f} (epoch {state.best_epoch})")
+    best = tasks.sign(p.cfg.train.select_metric) * state.best_acc
+    p.log(f"Best {tag} {name}: {best:.4f} (epoch {state.best_epoch})")
     p.log("Applying optimal model weights.")
     p.accelerator.wait_for_everyone()
     reload_best(p)
-    final = final_test_metrics(p)
-    if final is not None:
-        p.log(f"Test acc of the selected weights: {final['accuracy']:.4f} (n={final['n']})")
+    if p.splits.task != "single_label":
+        from sentune.training.finish_tasks import finish_task
+
+        final = finish_task(p)
+    else:
+        final = final_test_metrics(p)
+        if final is not None:
+            p.log(f"Test acc of the selected weights: {final['accuracy']:.4f} (n={final['n']})")
     if p.is_main:
         write_summary(p, state, final, stopped_early)
     p.log(f"Run directory: {p.run_dir}")
@@ -277,7 +306,8 @@ def write_summary(p: Prepared, state: TrainState, final: dict | None, stopped_ea
     manifest.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), best_epoch=state.best_epoch,
                     best_acc=state.best_acc, selected_on=p.cfg.train.select_on,
                     select_metric=p.cfg.train.select_metric, stopped_early=stopped_early,
-                    test_acc=final and final["accuracy"], state=asdict(state) | {"history": None})
+                    test_acc=final and final.get("accuracy"), task=p.splits.task,
+                    state=asdict(state) | {"history": None})
     rundir.atomic_write_json(p.run_dir / "manifest.json", manifest)
     if p.tracker:
         p.tracker.close()
@@ -290,13 +320,15 @@ def write_summary(p: Prepared, state: TrainState, final: dict | None, stopped_ea
 
 
 def epoch_line(row: dict) -> str:
-    parts = [f"Epoch {row['epoch']} summary - avg loss: {row['train_loss']:.4f}", f"Train acc: {row['train_acc']:.4f}"]
+    parts = [f"Epoch {row['epoch']} summary - avg loss: {row['train_loss']:.4f}"]
+    if row["train_acc"] is not None:
+        parts.append(f"Train acc: {row['train_acc']:.4f}")
     if row["val_acc"] is not None:
         parts.append(f"Val acc: {row['val_acc']:.4f}")
     if row["test_acc"] is not None:
         parts.append(f"Test acc: {row['test_acc']:.4f}")
     for split in ("val", "test"):
-        for metric in ("macro_recall", "macro_f1"):
+        for metric in ("macro_recall", "macro_f1", "micro_f1", "samples_f1", "rmse", "pearson", "spearman"):
             if row.get(f"{split}_{metric}") is not None:
                 parts.append(f"{split.capitalize()} {METRIC_NAMES[metric]}: {row[f'{split}_{metric}']:.4f}")
     return ", ".join(parts)

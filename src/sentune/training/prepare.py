@@ -12,8 +12,9 @@ import torch
 
 from sentune import config as config_lib
 from sentune import model as model_lib
-from sentune import rundir
+from sentune import rundir, tasks
 from sentune.config import Config
+from sentune.data import labels as label_lib
 from sentune.data import splits as data
 from sentune.training.accel import make_accelerator
 
@@ -73,9 +74,10 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     say = print if acc.is_main_process else (lambda *a, **k: None)
     splits = shared.splits if shared and shared.splits else data.load_splits(cfg.data, cfg.train.seed,
                                                                              cfg.train.select_on)
+    say(settle_task(cfg, splits))
     say(data_summary(splits))
-    model, tokenizer = model_lib.load_model(cfg.model, splits.label_names)
-    model.config.sentune = inference_settings(cfg)
+    model, tokenizer = model_lib.load_model(cfg.model, splits.label_names, tasks.PROBLEM_TYPES[splits.task])
+    model.config.sentune = inference_settings(cfg, splits)
     model_lib.freeze_layers(model, cfg.model.freeze_layers)
     trainable, total = model_lib.count_parameters(model)
     say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
@@ -110,11 +112,24 @@ def resolve_run_dir(cfg: Config, acc) -> Path:
     return path
 
 
-def inference_settings(cfg: Config) -> dict:
+def settle_task(cfg: Config, splits) -> str:
+    """Store the detected task (and the select metric that fits it) in the config, so config.yaml and
+    --resume keep them; returns the line that says what was chosen."""
+    detected = cfg.data.task == "auto"
+    cfg.data.task = splits.task
+    cfg.train.select_metric = tasks.select_metric(splits.task, cfg.train.select_metric)
+    how = "detected from the labels" if detected else "from --task"
+    return f"Task: {splits.task} ({how}); selecting on {cfg.train.select_metric}"
+
+
+def inference_settings(cfg: Config, splits=None) -> dict:
     """What `best/` must remember so predict/serve/export preprocess exactly as training did."""
-    return {"max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
-            "head_tokens": cfg.data.head_tokens,
-            "normalize_tweets": data.wants_tweet_normalization(cfg.model.model, cfg.data.normalize_tweets)}
+    out = {"max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
+           "head_tokens": cfg.data.head_tokens,
+           "normalize_tweets": data.wants_tweet_normalization(cfg.model.model, cfg.data.normalize_tweets)}
+    if splits is not None and splits.label_scale:
+        out["label_scale"] = splits.label_scale  # already folded into the saved head; kept for the record
+    return out
 
 
 def build_feeds(cfg: Config, splits, tokenizer, normalize: bool) -> dict:
@@ -156,11 +171,8 @@ def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
 
 
 def make_loss(cfg: Config, splits) -> torch.nn.Module:
-    weight = None
-    if cfg.train.class_weights == "balanced":
-        counts = torch.bincount(torch.tensor(splits.train["label"]), minlength=len(splits.label_names)).float()
-        weight = counts.sum() / (len(counts) * counts.clamp(min=1))  # sklearn's "balanced" formula
-    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
+    """The task's loss (tasks.make_loss): cross-entropy, BCE with logits, or MSE / Huber."""
+    return tasks.make_loss(splits.task, cfg.train, torch.tensor(list(splits.train["label"])), len(splits.label_names))
 
 
 def make_scheduler(cfg: Config, optimizer, batches_per_epoch: int):
@@ -183,7 +195,31 @@ def make_tracker(cfg: Config, run_dir: Path):
 
 def data_summary(splits) -> str:
     sizes = ", ".join(f"{name} {v['rows']:,}" for name, v in splits.sources.items())
-    return f"Data: {sizes}; labels: {', '.join(splits.label_names)}"
+    line = f"Data: {sizes}; labels: {', '.join(splits.label_names)}"
+    if splits.task == "multi_label":
+        parts = []
+        for name in splits.sources:
+            info = label_lib.label_summary("multi_label", list(getattr(splits, name)["label"]))
+            parts.append(f"{name} {info['no_label']:,} with no label, {info['two_or_more']:,} with 2+")
+        line += "\nLabel sets: " + "; ".join(parts)
+    if splits.task == "regression":
+        scale = splits.label_scale
+        line += f"\nTarget scale: {scale['method']} (train mean {scale['mean']:.4g}, std {scale['std']:.4g})"
+    return line
+
+
+def label_counts(splits, name: str) -> dict:
+    """Per split: rows per class, positives per label (plus empty / 2+ rows), or the target's spread."""
+    labels = list(getattr(splits, name)["label"])
+    if splits.task == "single_label":
+        counts = torch.bincount(torch.tensor(labels), minlength=len(splits.label_names)).tolist()
+        return dict(zip(splits.label_names, counts, strict=True))
+    if splits.task == "regression":
+        labels = tasks.unscale(labels, splits.label_scale).tolist()  # the manifest speaks the data's units
+    info = label_lib.label_summary(splits.task, labels)
+    if splits.task == "multi_label":
+        info["positives"] = dict(zip(splits.label_names, info["positives"], strict=True))
+    return info
 
 
 def write_start(p: Prepared) -> None:
@@ -197,12 +233,10 @@ def write_start(p: Prepared) -> None:
         return
     sources = {}
     for name, info in p.splits.sources.items():
-        split = getattr(p.splits, name)
-        counts = torch.bincount(torch.tensor(split["label"]), minlength=len(p.splits.label_names)).tolist()
-        sources[name] = {**info, "label_counts": dict(zip(p.splits.label_names, counts, strict=True))}
+        sources[name] = {**info, "label_counts": label_counts(p.splits, name)}
     rundir.atomic_write_json(p.run_dir / "manifest.json", {
         "versions": rundir.versions(), "device": rundir.device_info(p.accelerator.device),
         "precision": p.accelerator.mixed_precision, "num_processes": p.accelerator.num_processes,
-        "data": sources, "label_names": p.splits.label_names,
+        "data": sources, "label_names": p.splits.label_names, "task": p.splits.task,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })

@@ -1,8 +1,11 @@
-// The sentune web page: POST the text to /predict and draw one bar per class; with "Highlight words"
-// on, also POST it to /explain and shade each word by its attribution.
+// The sentune web page: POST the text to /predict and draw the answer of the model's task:
+// single-label: one bar per class, the best highlighted; multi-label: one bar per label with its decision
+// threshold marked, every label at or above it highlighted; regression: the predicted value.
+// With "Highlight words" on, the text also goes to /explain and each word is shaded by its attribution.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+let meta = { task: "single_label" };
 
 // API key: asked for once when the server needs one (metadata.auth or a 401), kept in sessionStorage.
 function askForKey() {
@@ -19,27 +22,70 @@ function authHeaders() {
 
 async function loadMetadata() {
   try {
-    const meta = await (await fetch("/metadata")).json();
-    $("model").textContent = `${meta.model} · ${meta.backend} · labels: ${meta.labels.join(", ")}`;
+    meta = await (await fetch("/metadata")).json();
+    const task = meta.task && meta.task !== "single_label" ? ` · ${meta.task.replace("_", "-")}` : "";
+    $("model").textContent = `${meta.model} · ${meta.backend}${task} · labels: ${meta.labels.join(", ")}`;
     if (meta.auth) askForKey();
   } catch (e) {
     $("model").textContent = "model information unavailable";
   }
 }
 
+function barRow(name, prob, chosen, threshold) {
+  const row = document.createElement("div");
+  row.className = "bar" + (chosen ? " best" : "");
+  row.dataset.label = name;
+  const pct = (100 * prob).toFixed(1);
+  row.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
+  row.querySelector(".name").textContent = name;
+  row.querySelector(".fill").style.width = `${pct}%`;
+  row.querySelector(".value").textContent = `${pct}%`;
+  if (threshold !== undefined) {
+    // the decision threshold of this label, drawn on the track
+    const mark = document.createElement("span");
+    mark.className = "threshold";
+    mark.style.left = `${100 * threshold}%`;
+    mark.title = `threshold ${(100 * threshold).toFixed(0)}%`;
+    row.dataset.threshold = String(threshold);
+    row.querySelector(".track").appendChild(mark);
+  }
+  return row;
+}
+
 function drawBars(prediction) {
   const bars = $("bars");
   bars.replaceChildren();
   for (const [name, prob] of Object.entries(prediction.probs)) {
-    const row = document.createElement("div");
-    row.className = "bar" + (name === prediction.label ? " best" : "");
-    row.dataset.label = name;
-    const pct = (100 * prob).toFixed(1);
-    row.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
-    row.querySelector(".name").textContent = name;
-    row.querySelector(".fill").style.width = `${pct}%`;
-    row.querySelector(".value").textContent = `${pct}%`;
-    bars.appendChild(row);
+    bars.appendChild(barRow(name, prob, name === prediction.label));
+  }
+}
+
+function drawLabels(prediction) {
+  const chosen = new Set(prediction.labels.map((l) => l.label));
+  const names = prediction.labels.map((l) => l.label);
+  $("label").textContent = names.length ? names.join(", ") : "none above its threshold";
+  $("score").textContent = names.length ? `(${names.length} of ${Object.keys(prediction.probs).length} labels)` : "";
+  const bars = $("bars");
+  bars.replaceChildren();
+  const sorted = Object.entries(prediction.probs).sort((a, b) => b[1] - a[1]);
+  for (const [name, prob] of sorted) {
+    bars.appendChild(barRow(name, prob, chosen.has(name), (meta.thresholds || {})[name] ?? 0.5));
+  }
+}
+
+function drawValue(prediction) {
+  $("label").textContent = prediction.value.toPrecision(4);
+  $("score").textContent = "(predicted value)";
+  $("bars").replaceChildren();
+  const scale = meta.label_scale;
+  if (scale && scale.std > 0) {
+    // the value on the training targets' scale: mean ± 3 standard deviations
+    const low = scale.mean - 3 * scale.std, high = scale.mean + 3 * scale.std;
+    const share = Math.min(1, Math.max(0, (prediction.value - low) / (high - low)));
+    const row = barRow("value", share, true);
+    row.querySelector(".value").textContent = prediction.value.toPrecision(4);
+    row.title = `scale ${low.toPrecision(3)} … ${high.toPrecision(3)}`;
+    $("bars").appendChild(row);
   }
 }
 
@@ -104,9 +150,17 @@ async function predict(event) {
   $("explanation").hidden = true;
   try {
     const prediction = (await post("/predict", { text })).predictions[0];
-    $("label").textContent = prediction.label;
-    $("score").textContent = `(${(100 * prediction.score).toFixed(1)}%)`;
-    drawBars(prediction);
+    if (Array.isArray(prediction.labels)) {
+      $("caption").textContent = "Predicted labels:";
+      drawLabels(prediction);
+    } else if (typeof prediction.value === "number") {
+      $("caption").textContent = "Predicted value:";
+      drawValue(prediction);
+    } else {
+      $("label").textContent = prediction.label;
+      $("score").textContent = `(${(100 * prediction.score).toFixed(1)}%)`;
+      drawBars(prediction);
+    }
     $("result").hidden = false;
     if ($("highlight").checked) await explain(text);
   } catch (e) {
