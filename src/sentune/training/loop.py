@@ -58,8 +58,7 @@ def train_epochs(p: Prepared, state: TrainState) -> bool:
         if state.stale >= cfg.train.patience:
             return True
         row = train_and_evaluate(p, state, epoch)
-        improved = select(state, row, selection_key(cfg.train.select_on, cfg.train.select_metric),
-                          tasks.sign(cfg.train.select_metric))
+        improved = select(state, row, selection_key(cfg.train.select_on, cfg.train.select_metric))
         state.epoch, state.step, state.partial, state.history = epoch, 0, None, [*state.history, row]
         p.log(epoch_line(row))
         if p.is_main:
@@ -223,9 +222,10 @@ def gather_in_order(acc, probs: list[torch.Tensor], index: list[torch.Tensor]) -
     return out
 
 
-def select(state: TrainState, row: dict, key: str, sign: float = 1.0) -> bool:
+def select(state: TrainState, row: dict, key: str) -> bool:
     """Early-stopping bookkeeping on the selection score (`state.best_acc` holds it, whichever metric it is,
-    times `sign`: -1 for errors such as RMSE, so higher is always better); True when this epoch is the new best."""
+    negated for errors such as RMSE, so higher is always better); True when this epoch is the new best."""
+    sign = tasks.sign(key.split("_", 1)[1])  # val_rmse -> rmse
     metric = row.get(key)
     if metric is not None and (state.best_epoch is None or sign * metric > state.best_acc):
         state.best_acc, state.best_epoch, state.stale = sign * metric, row["epoch"], 0
