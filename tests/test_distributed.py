@@ -213,3 +213,28 @@ def test_second_run_under_torchrun_needs_the_same_settings(tmp_path):
         assert r["first"] == r["same"] == 2
         assert "precision fp32 on CPU" in r["other"] and "precision bf16 on CPU" in r["other"]
         assert "torchrun" in r["other"]
+
+
+def test_splits_smaller_than_one_batch_per_process(setup, tmp_path):
+    """12 validation and 12 test rows at --eval-batch-size 64: one batch, so rank 1 evaluates nothing and must
+    still join every gather (macro-recall needs every prediction, at every epoch and at the final test)."""
+    from conftest import sentiment_rows, write_jsonl
+
+    _, model, files, _ = setup
+    small = {"validation": write_jsonl(tmp_path / "val.jsonl", sentiment_rows(12, seed=4)),
+             "test": write_jsonl(tmp_path / "test.jsonl", sentiment_rows(12, seed=5)), "train": files["train"]}
+    common = {"epochs": 2, "eval_batch_size": 64, "select_metric": "macro_recall", "lr_encoder": 1e-2,
+              "lr_head": 1e-2}
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "sentune", *cli_args(flags(model, small, two, **common))],
+                            env=ENV, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    fit_one_thread(config.resolve("imdb", None, flags(model, small, one, grad_accum=2, **common)))
+    got, want = (rundir.read_jsonl(r / "metrics.jsonl") for r in (two, one))
+    assert [r["val_macro_recall"] for r in got] == [r["val_macro_recall"] for r in want]
+    assert [r["val_acc"] for r in got] == [r["val_acc"] for r in want]
+    final_two, final_one = (json.loads((r / "final_metrics.json").read_text()) for r in (two, one))
+    assert final_two["n"] == final_one["n"] == 12
+    for key in ("accuracy", "macro_recall", "macro_f1"):
+        assert final_two[key] == pytest.approx(final_one[key], abs=1e-9), key

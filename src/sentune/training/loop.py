@@ -208,16 +208,23 @@ def evaluate(p: Prepared, split: str, with_probs: bool = False) -> dict:
     total = acc.reduce(sums, reduction="sum")
     out = {"loss": (total[0] / total[2]).item(), "acc": (total[1] / total[2]).item(), "n": int(total[2].item())}
     if with_probs:
-        out["probs"] = gather_in_order(acc, probs, index)
+        out["probs"] = gather_in_order(acc, probs, index, model.config.num_labels)
     return out
 
 
-def gather_in_order(acc, probs: list[torch.Tensor], index: list[torch.Tensor]) -> torch.Tensor:
+def gather_in_order(acc, probs: list[torch.Tensor], index: list[torch.Tensor], num_labels: int) -> torch.Tensor:
+    """Every process's probabilities, rows put back in example order.
+
+    A process may have had no batch at all (a split with fewer batches than processes): it still joins the
+    gather with empty tensors, since a process that skips a collective leaves the others waiting for ever.
+    """
     from accelerate.utils import gather_object
 
-    pairs = gather_object([(torch.cat(index), torch.cat(probs))]) if probs else []
+    mine = (torch.cat(index) if index else torch.empty(0, dtype=torch.long),
+            torch.cat(probs) if probs else torch.empty(0, num_labels))
+    pairs = gather_object([mine]) if acc.num_processes > 1 else [mine]
     idx = torch.cat([i for i, _ in pairs])
-    out = torch.empty(len(idx), pairs[0][1].shape[1])
+    out = torch.empty(len(idx), num_labels)
     out[idx] = torch.cat([pr for _, pr in pairs])
     return out
 

@@ -16,6 +16,7 @@ from sentune import rundir, tasks
 from sentune.config import Config
 from sentune.data import labels as label_lib
 from sentune.data import splits as data
+from sentune.errors import ConfigError
 from sentune.training.accel import make_accelerator
 
 
@@ -83,6 +84,7 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
     feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"])
+    check_train_batches(feeds["train"], acc.num_processes, cfg.train.batch_size)
     feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
                                     cfg.train.layer_decay)
@@ -143,6 +145,14 @@ def build_feeds(cfg: Config, splits, tokenizer, normalize: bool) -> dict:
         bs = cfg.train.batch_size if name == "train" else (cfg.train.eval_batch_size or 2 * cfg.train.batch_size)
         feeds[name] = make_split_feed(ids, list(split["label"]), bs, name == "train", cfg, tokenizer.pad_token_id)
     return feeds
+
+
+def check_train_batches(feed, processes: int, batch_size: int) -> None:
+    """Every process needs at least one training batch (they all step together); say so before any work."""
+    if feed.num_batches(processes) == 0:
+        raise ConfigError(f"{feed.num_examples()} training examples make {len(feed)} batches of --batch-size "
+                          f"{batch_size}, fewer than the {processes} processes; use a smaller --batch-size "
+                          "or fewer processes")
 
 
 def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
