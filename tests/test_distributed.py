@@ -188,7 +188,8 @@ from sentune.errors import ConfigError
 from sentune.training.accel import make_accelerator
 
 def accelerator(precision):
-    return make_accelerator(config.resolve(None, None, {"precision": precision, "device": "cpu"}))
+    cfg = config.resolve(None, None, {"precision": precision, "device": "cpu", "output_dir": sys.argv[1]})
+    return make_accelerator(cfg, lambda processes: sys.argv[1])[0]
 
 first = accelerator("fp32").num_processes
 same = accelerator("fp32").num_processes

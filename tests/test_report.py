@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from sentune import config as config_lib
-from sentune.errors import ConfigError, WriteError
+from sentune.errors import WriteError
 from sentune.evaluation import report
 from sentune.evaluation.metrics import compute_metrics
 
@@ -137,36 +135,3 @@ def test_best_epoch_follows_the_selection_split():
     assert report.best_epoch(rows, "test", {}, None) == 1
     assert report.best_epoch(rows, "validation", {"best_epoch": 1}, None) == 1  # the run's own record wins
     assert report.best_epoch([{"epoch": 1, "val_acc": None}], "validation", {}, None) == 1
-
-
-def test_tensorboard_missing_names_the_install_command(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
-    with pytest.raises(ConfigError, match="pip install tensorboard"):
-        report.TensorboardLogger(tmp_path)
-
-
-def test_tensorboard_logs_every_present_scalar(monkeypatch, tmp_path):
-    logged = []
-
-    class FakeWriter:
-        def __init__(self, log_dir):
-            self.log_dir = log_dir
-
-        def add_scalar(self, tag, value, step):
-            logged.append((tag, value, step))
-
-        def flush(self):
-            pass
-
-        def close(self):
-            logged.append("closed")
-
-    fake_module = types.SimpleNamespace(SummaryWriter=FakeWriter)
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake_module)
-    logger = report.TensorboardLogger(tmp_path)
-    logger.log_epoch(ROWS[0])
-    logger.close()
-    assert ("loss/train", 0.60, 1) in logged and ("accuracy/validation", 0.75, 1) in logged
-    assert ("other/epoch_seconds", 10.0, 1) in logged
-    assert not any(isinstance(x, tuple) and x[0] == "accuracy/test" for x in logged)  # None is skipped
-    assert logged[-1] == "closed"

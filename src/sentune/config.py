@@ -101,7 +101,8 @@ class RunConfig:
     output_dir: str | None = knob(None, "default: runs/<preset-or-name>-<timestamp>")
     device: str = knob("auto", "auto | cpu | cuda | mps")
     progress: bool = knob(True, "show the tqdm Training bar")
-    report_to: str = knob("none", "none | tensorboard")
+    report_to: str = knob("none", "none | tensorboard | mlflow | wandb | comet_ml | all (the installed ones): "
+                          "per-epoch metrics via Accelerate's trackers")
     resume: str | None = knob(None, "run directory to continue")
 
 
@@ -130,7 +131,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "class_weights": ("none", "balanced"),
     "on_nan": ("stop", "skip"),
     "device": ("auto", "cpu", "cuda", "mps"),
-    "report_to": ("none", "tensorboard"),
+    "report_to": ("none", "tensorboard", "mlflow", "wandb", "comet_ml", "all"),
 }
 
 SECTIONS = ("model", "data", "train", "run")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sentune.atomic import atomic_write_text
-from sentune.errors import ConfigError, WriteError
+from sentune.errors import WriteError
 from sentune.evaluation.metrics import ece_of_table, selection_key
 from sentune.rundir import read_json, read_jsonl
 
@@ -309,33 +309,3 @@ def _training_section(run_dir: Path, rows: list[dict], best: int | None, cfg: di
 
 def _fmt(value, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
-
-
-
-
-class TensorboardLogger:
-    """Per-epoch scalars for TensorBoard (`--report-to tensorboard`), in <run>/tensorboard."""
-
-    TAGS = {"train_loss": "loss/train", "val_loss": "loss/validation", "test_loss": "loss/test",
-            "train_acc": "accuracy/train", "val_acc": "accuracy/validation", "test_acc": "accuracy/test"}
-
-    def __init__(self, run_dir: str | Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("--report-to tensorboard needs the tensorboard package: pip install "
-                              "tensorboard (or 'sentune[tensorboard]'), or use --report-to none") from None
-        self.log_dir = Path(run_dir) / "tensorboard"
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
-
-    def log_epoch(self, row: dict) -> None:
-        step = int(row["epoch"])
-        for key, value in row.items():
-            if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue  # None (absent split) and non-numbers are not scalars
-            self._writer.add_scalar(self.TAGS.get(key, f"other/{key}"), value, step)
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
-

@@ -10,22 +10,35 @@ a ConfigError instead of Accelerate's "restart your runtime".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from sentune.config import Config
 from sentune.errors import ConfigError
 from sentune.precision import resolve_precision
+from sentune.training import tracking
 
 ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def make_accelerator(cfg: Config):
-    from accelerate import Accelerator
+def make_accelerator(cfg: Config, choose_run_dir: Callable[[Any], Path]) -> tuple[Any, Path]:
+    """The run's Accelerator and run directory. The directory comes first (`choose_run_dir(PartialState)`,
+    agreed on by every process) because the trackers of --report-to are configured to write into it."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import ProjectConfiguration
 
     cpu, device_type = pick_device(cfg.run.device)
     precision = ACCELERATE_PRECISION[resolve_precision(cfg.train.precision, device_type)]
+    trackers = tracking.tracker_names(cfg.run.report_to)  # a missing package fails before any work
     fresh_state(precision, cpu)
-    return Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_steps=cfg.train.grad_accum)
+    run_dir = choose_run_dir(PartialState(cpu=cpu))
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard"))
+    acc = Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_steps=cfg.train.grad_accum,
+                      log_with=trackers or None, project_config=project)
+    return acc, run_dir
 
 
 def pick_device(device: str) -> tuple[bool, str]:

@@ -12,7 +12,6 @@ a resumable checkpoint (checkpoint.py, `--resume`); Ctrl-C stops at a step bound
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +23,7 @@ from sentune import model as model_lib
 from sentune import rundir, tasks
 from sentune.config import Config
 from sentune.evaluation.metrics import selection_key, selection_score
-from sentune.training import checkpoint, guards
+from sentune.training import checkpoint, guards, tracking
 from sentune.training.checkpoint import TrainState
 from sentune.training.prepare import Prepared, Shared, prepare
 
@@ -44,10 +43,13 @@ def fit(cfg: Config, shared: Shared | None = None) -> tuple[Prepared, TrainState
     `shared`: set by a sweep for each trial (data and caches loaded once, a per-epoch hook)."""
     with guards.out_of_memory_hint(cfg.train.batch_size, cfg.train.grad_accum, cfg.data.max_length):
         p = prepare(cfg, shared)
-        state = checkpoint.restore(p) if cfg.run.resume else TrainState()
-        with guards.StopRequest() as p.stop:
-            stopped_early = train_epochs(p, state)
-        finish(p, state, stopped_early)
+        try:
+            state = checkpoint.restore(p) if cfg.run.resume else TrainState()
+            with guards.StopRequest() as p.stop:
+                stopped_early = train_epochs(p, state)
+            finish(p, state, stopped_early)
+        finally:  # an interrupted or failed run keeps what its trackers logged so far
+            tracking.end(p.accelerator)
     return p, state
 
 
@@ -65,8 +67,7 @@ def train_epochs(p: Prepared, state: TrainState) -> bool:
             rundir.append_jsonl(p.run_dir / "metrics.jsonl", row)
         if improved:
             save_best(p)
-        if p.tracker:
-            p.tracker.log_epoch(row)
+        tracking.log_epoch(p.accelerator, row)
         if p.shared and p.shared.on_epoch:
             p.shared.on_epoch(row)  # a sweep's pruner may stop the trial here
         if p.shared is None or p.shared.checkpoints:
@@ -162,8 +163,11 @@ def train_step(p: Prepared, batch: dict, sync: bool, epoch: int, step: int) -> t
     acc = p.accelerator
     batch = {name: t.to(acc.device) for name, t in batch.items()}
     n = batch["labels"].shape[0]
-    # without sync, DDP keeps this batch's gradients local (they join the next synced step's all-reduce)
-    with contextlib.nullcontext() if sync else acc.no_sync(p.net), acc.autocast():
+    # accumulate() counts batches itself (and sees no DataLoader end here): set its counter so that it syncs
+    # exactly on `sync`, which also holds on an epoch's last batch and after a mid-epoch resume. Without
+    # sync, DDP keeps this batch's gradients local and the prepared optimizer's step/zero_grad do nothing.
+    acc.step = acc.gradient_accumulation_steps - 1 if sync else 0
+    with acc.accumulate(p.net), acc.autocast():
         logits = p.net(batch)
         loss = p.loss_fn(logits.float(), batch["labels"])
         if not guards.finite_or_skip(p, loss, epoch, step):
@@ -316,8 +320,6 @@ def write_summary(p: Prepared, state: TrainState, final: dict | None, stopped_ea
                     test_acc=final and final.get("accuracy"), task=p.splits.task,
                     state=asdict(state) | {"history": None})
     rundir.atomic_write_json(p.run_dir / "manifest.json", manifest)
-    if p.tracker:
-        p.tracker.close()
     try:
         from sentune.evaluation.report import write_training_report
 

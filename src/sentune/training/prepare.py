@@ -17,6 +17,7 @@ from sentune.config import Config
 from sentune.data import labels as label_lib
 from sentune.data import splits as data
 from sentune.errors import ConfigError
+from sentune.training import tracking
 from sentune.training.accel import make_accelerator
 
 
@@ -48,7 +49,6 @@ class Prepared:
     loss_fn: torch.nn.Module
     run_dir: Path
     trainable: list = field(default_factory=list)
-    tracker: Any = None
     net: Any = None  # what a training step calls: model.SplitModel, wrapped by DDP with several processes
     stop: Any = None  # guards.StopRequest while the epochs run
     shared: Shared | None = None  # set when the run is one trial of a sweep
@@ -68,10 +68,9 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
 
     transformers.utils.logging.disable_progress_bar()  # one bar per epoch is the only bar we want
     transformers.utils.logging.set_verbosity_error()  # the new head's "MISSING weights" report is expected
-    acc = make_accelerator(cfg)
+    acc, run_dir = make_accelerator(cfg, lambda processes: resolve_run_dir(cfg, processes))
 
     set_seed(cfg.train.seed)  # before the head is created: its random init depends on it
-    run_dir = resolve_run_dir(cfg, acc)
     say = print if acc.is_main_process else (lambda *a, **k: None)
     splits = shared.splits if shared and shared.splits else data.load_splits(cfg.data, cfg.train.seed,
                                                                              cfg.train.select_on)
@@ -97,19 +96,20 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
                  shared=shared)
     if acc.is_main_process:
         write_start(p)
-        p.tracker = make_tracker(cfg, run_dir)
+    tracking.start(acc, config_lib.to_dict(cfg), run_dir)
     return p
 
 
-def resolve_run_dir(cfg: Config, acc) -> Path:
+def resolve_run_dir(cfg: Config, processes) -> Path:
+    """The run directory every process agrees on; `processes` is Accelerate's PartialState."""
     from accelerate.utils import broadcast_object_list
 
     name = cfg.run.preset or Path(cfg.model.model).name
     chosen = [str(cfg.run.output_dir or rundir.default_dir(name))]
-    if acc.num_processes > 1:
+    if processes.num_processes > 1:
         broadcast_object_list(chosen)  # every rank must agree on one timestamped directory
     path = Path(chosen[0])
-    if acc.is_main_process:
+    if processes.is_main_process:
         rundir.check_creatable(path)  # the first write (write_start) creates it, so a failed start leaves none
     return path
 
@@ -193,14 +193,6 @@ def make_scheduler(cfg: Config, optimizer, batches_per_epoch: int):
     total = cfg.train.epochs * math.ceil(batches_per_epoch / cfg.train.grad_accum)
     return get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
                          num_training_steps=total)
-
-
-def make_tracker(cfg: Config, run_dir: Path):
-    if cfg.run.report_to != "tensorboard":
-        return None
-    from sentune.evaluation.report import TensorboardLogger
-
-    return TensorboardLogger(run_dir)
 
 
 def data_summary(splits) -> str:
