@@ -9,6 +9,8 @@ Variants (same model folder, same reviews, same max length):
   pipeline32  the same with batch_size=32 (each batch padded to its longest review);
   torch       Classifier, PyTorch fp32: length-sorted batches, dynamic padding, inference_mode;
   bf16        Classifier, PyTorch with bfloat16 weights;
+  auto        Classifier with --precision auto: what `sentune predict` does by default on this machine
+              (bf16 on CUDA with bf16 and CPUs with native bf16, fp16 on older GPUs, else fp32);
   onnx        Classifier on a `sentune export` folder (ONNX Runtime fp32);
   int8        the same after dynamic int8 quantization.
 A model folder without a classification head (the packaged MiniLM encoder) gets a seeded random head,
@@ -38,8 +40,8 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imdb" / "test_small.jsonl.gz"
-VARIANTS = ("pipeline", "pipeline32", "torch", "bf16", "onnx", "int8")
-DEFAULT_VARIANTS = "pipeline,torch,bf16,onnx,int8"
+VARIANTS = ("pipeline", "pipeline32", "torch", "bf16", "auto", "onnx", "int8")
+DEFAULT_VARIANTS = "pipeline,torch,bf16,auto,onnx,int8"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32, help="Classifier batch size")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from: {', '.join(VARIANTS)}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (pipeline and torch variants)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     unknown = set(args.variants.split(",")) - set(VARIANTS)
@@ -93,26 +96,26 @@ def timed(fn) -> tuple[object, float, float]:
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_pipeline(folder: str, texts: list[str], max_length: int, batch_size: int | None):
+def run_pipeline(folder: str, texts: list[str], max_length: int, batch_size: int | None, device: str):
     from transformers import pipeline
 
-    pipe = pipeline("text-classification", model=folder, device="cpu")
+    pipe = pipeline("text-classification", model=folder, device=device)
     kwargs = {"truncation": True, "max_length": max_length}
     if batch_size:
         kwargs["batch_size"] = batch_size
     pipe(texts[:4], **kwargs)  # warm-up
     out, wall, cpu = timed(lambda: pipe(texts, **kwargs))
-    return [o["label"] for o in out], None, wall, cpu
+    return [o["label"] for o in out], None, wall, cpu, "fp32"
 
 
-def run_classifier(folder: str, texts: list[str], max_length: int, batch_size: int, **load):
+def run_classifier(folder: str, texts: list[str], max_length: int, batch_size: int, device: str = "cpu", **load):
     from sentune.inference.classifier import Classifier
 
-    clf = Classifier.load(folder, device="cpu", **load)
+    clf = Classifier.load(folder, device=device, **load)
     clf.settings.max_length = max_length  # the same length for every variant, whatever the folder says
     clf.predict_proba(texts[:4], batch_size)  # warm-up
     probs, wall, cpu = timed(lambda: clf.predict_proba(texts, batch_size))
-    return [clf.labels[i] for i in probs.argmax(1)], probs, wall, cpu
+    return [clf.labels[i] for i in probs.argmax(1)], probs, wall, cpu, clf.precision
 
 
 def exported(folder: str, tmp: Path, quantize: str | None) -> str:
@@ -125,11 +128,13 @@ def exported(folder: str, tmp: Path, quantize: str | None) -> str:
 
 def run_variant(name: str, folder: str, texts: list[str], args, tmp: Path):
     if name.startswith("pipeline"):
-        return run_pipeline(folder, texts, args.max_length, 32 if name == "pipeline32" else None)
+        return run_pipeline(folder, texts, args.max_length, 32 if name == "pipeline32" else None, args.device)
     if name in ("onnx", "int8"):
         folder = exported(folder, tmp, "int8" if name == "int8" else None)
         return run_classifier(folder, texts, args.max_length, args.batch_size, backend="onnx")
-    return run_classifier(folder, texts, args.max_length, args.batch_size, backend="torch", bf16=name == "bf16")
+    precision = {"torch": "fp32", "bf16": "bf16", "auto": "auto"}[name]
+    return run_classifier(folder, texts, args.max_length, args.batch_size, args.device, backend="torch",
+                          precision=precision)
 
 
 def machine() -> str:
@@ -161,10 +166,11 @@ def main(argv=None) -> None:
         reference = None
         for name in args.variants.split(","):
             print(f"running {name} on {len(texts)} texts...", file=sys.stderr)
-            labels, probs, wall, cpu = run_variant(name, folder, texts, args, Path(tmp))
+            labels, probs, wall, cpu, precision = run_variant(name, folder, texts, args, Path(tmp))
             if name == "torch":
                 reference = (labels, probs)
-            results.append({"variant": name, "texts_per_s": len(texts) / wall, "cpu_s_per_text": cpu / len(texts),
+            results.append({"variant": name, "precision": precision, "texts_per_s": len(texts) / wall,
+                            "cpu_s_per_text": cpu / len(texts),
                             "accuracy": float(np.mean([p == g for p, g in zip(labels, gold, strict=True)])),
                             "labels": labels, "probs": probs})
         for r in results:
@@ -180,13 +186,13 @@ def report(results: list[dict], args, random_head: bool) -> None:
     print(f"\nmodel: {args.model}{' (random head: accuracy is chance level)' if random_head else ''}; "
           f"{args.n} reviews from {args.data}, max length {args.max_length}, Classifier batch {args.batch_size}")
     print(f"machine: {machine()}\n")
-    print("| variant | texts/s | × pipeline | CPU s/text | accuracy | agree with torch | max prob diff |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| variant | precision | texts/s | × pipeline | CPU s/text | accuracy | agree with torch | max prob diff |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         speedup = f"{r['texts_per_s'] / base:.2f}" if base else "-"
         diff = f"{r['max_prob_diff']:.4f}" if "max_prob_diff" in r else "-"
         agree = f"{r['agreement']:.1%}" if "agreement" in r else "-"
-        print(f"| {r['variant']} | {r['texts_per_s']:.1f} | {speedup} | {r['cpu_s_per_text']:.3f} | "
+        print(f"| {r['variant']} | {r['precision']} | {r['texts_per_s']:.1f} | {speedup} | {r['cpu_s_per_text']:.3f} | "
               f"{r['accuracy']:.1%} | {agree} | {diff} |")
     if args.json:
         rows = [{k: v for k, v in r.items() if k not in ("labels", "probs")} for r in results]

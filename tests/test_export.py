@@ -39,7 +39,7 @@ def test_onnx_export_matches_pytorch_at_any_batch_and_length(trained_dir, export
     out, parity = exported
     assert parity.agreement == 1.0 and parity.max_prob_diff < 1e-4
     onnx = Classifier.load(out)  # auto: no PyTorch weights in the folder -> onnx
-    torch_clf = Classifier.load(trained_dir)
+    torch_clf = Classifier.load(trained_dir, precision="fp32")  # the ONNX graph is fp32
     assert onnx.backend == "onnx" and onnx.labels == ["neg", "pos"]
     want = torch_clf.predict_proba(TEXTS)
     for batch_size in (1, 4, 32):  # batch axis 1..6, sequence axis from 3 to 60+ tokens

@@ -42,7 +42,7 @@ def sharp_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sharp(sharp_dir) -> Classifier:
-    return Classifier.load(sharp_dir)
+    return Classifier.load(sharp_dir, precision="fp32")  # the reference the bf16 test compares against
 
 
 def test_predict_api_on_bert_and_roberta(tiny_model_dir):

@@ -31,6 +31,13 @@ class SentuneGroup(click.Group):
             sys.exit(130)
 
 
+# Inference follows the machine as training does (sentune/precision.py); nothing stores the choice.
+PRECISION_OPTION = click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+    help="torch backend: auto = bf16 on CUDA with bf16 and CPUs with native bf16 (SENTUNE_CPU_BF16=0|1 "
+         "forces the CPU answer), fp16 on older GPUs, else fp32")
+
+
 @click.group(cls=SentuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sentune")
 def main() -> None:
@@ -138,6 +145,7 @@ def sweep(preset: str | None, config_file: str | None, search: str | None, n_tri
 @click.option("--limit", type=int, default=None, help="score a seeded, label-stratified sample of N rows")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True)
+@PRECISION_OPTION
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="also write the JSON here")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="write metrics.json, confusion_matrix.png, reliability.png and report.md here")
@@ -222,9 +230,10 @@ def quiet_transformers() -> None:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="auto: torch when MODEL_DIR has PyTorch weights, else onnx")
-@click.option("--bf16/--no-bf16", default=False, show_default=True, help="bfloat16 weights (torch backend)")
+@PRECISION_OPTION
+@click.option("--bf16/--no-bf16", default=False, hidden=True, help="the same as --precision bf16")
 def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, output: str | None, fmt: str,
-            text_column: str, batch_size: int, backend: str, bf16: bool) -> None:
+            text_column: str, batch_size: int, backend: str, precision: str, bf16: bool) -> None:
     """Classify TEXTs or a file: one JSON line (or CSV row) per text with label, score and probs.
 
     Records carry the input's other columns, else an `id`. With a `label` column in the input, the
@@ -245,7 +254,8 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     quiet_transformers()
     # under torchrun / accelerate launch each process classifies a share; the main one writes (predict_shard.py)
     clf, writes = load_for_launch(lambda device: Classifier.load(model_dir, backend=backend, device=device,
-                                                                 bf16=bf16), input_path)
+                                                                 precision="bf16" if bf16 else precision),
+                                  input_path)
     rows = ({"text": t} for t in texts) if texts else read_texts(input_path, text_column)
     start = time.perf_counter()
     with click.open_file((output or "-") if writes else os.devnull, "w", encoding="utf-8", lazy=False) as out:
@@ -362,6 +372,7 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
               help="characters per text for POST /explain")
 @click.option("--explain-steps", type=click.IntRange(min=1), default=None,
               help="integration steps of POST /explain  [default: 32]")
+@PRECISION_OPTION
 def serve(model_dir: str, host: str, port: int, workers: int, api_keys: tuple[str, ...],
           api_keys_file: str | None, max_texts: int, max_chars: int, max_body_bytes: int, max_queue: int,
           request_timeout: float, max_batch_tokens: int, graceful_timeout: float, explain_max_texts: int,

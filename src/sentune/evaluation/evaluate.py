@@ -48,6 +48,7 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = 32,
     backend: str = "auto",
+    precision: str = "auto",
 ) -> dict:
     """Predict a labelled split with the model and score it: `compute_metrics` + model, data, temperature."""
     from sentune.data.splits import load_labelled
@@ -62,13 +63,14 @@ def evaluate_model(
     if test_file is not None:
         require_file(test_file, "--test-file")
     source = dataset if dataset is not None else test_file
-    clf = Classifier.load(model_dir, backend=backend)
+    clf = Classifier.load(model_dir, backend=backend, precision=precision)
     if clf.task != "single_label":  # multi-label / regression: their own metrics (task_metrics.py)
         from sentune.evaluation.task_metrics import evaluate_task
 
         metrics = evaluate_task(clf, source, split=split, dataset_config=dataset_config, text_column=text_column,
                                 label_column=label_column, limit=limit, batch_size=batch_size)
         metrics["model"] = str(model_dir)
+        metrics["precision"] = clf.precision
         metrics["data"] = {"source": str(source), "split": split, "limit": limit}
         return metrics
     rows, label_names = load_labelled(
@@ -80,6 +82,7 @@ def evaluate_model(
     temperature = clf.settings.temperature
     metrics = compute_metrics(labels, softmax(logits, temperature), label_names)
     metrics["model"] = str(model_dir)
+    metrics["precision"] = clf.precision  # of this machine's run, not of the model
     metrics["data"] = {"source": str(source), "split": split, "limit": limit}
     metrics["temperature"] = temperature
     if temperature:

@@ -80,15 +80,17 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
 
 
 class TorchRunner:
-    """Logits from a PyTorch model under inference_mode; bf16 casts the weights (no autocast overhead)."""
+    """Logits from a PyTorch model under inference_mode; bf16/fp16 cast the weights (no autocast overhead)."""
 
-    def __init__(self, path: str, device: str, bf16: bool):
+    def __init__(self, path: str, device: str, precision: str):
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from sentune.precision import torch_dtype
+
         self.torch = torch
         self.device = torch.device(device)
-        dtype = torch.bfloat16 if bf16 else torch.float32
+        dtype = torch_dtype(precision)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
         except (OSError, ValueError) as e:
@@ -140,6 +142,18 @@ def pick_backend(path: Path, backend: str) -> str:
     return "torch" if has_torch or not (path / ONNX_FILE).is_file() else "onnx"
 
 
+def inference_precision(precision: str, backend: str, device: str) -> str:
+    """fp32 | bf16 | fp16 for this backend on this device (the ONNX backend computes in its export's types)."""
+    if backend == "onnx":
+        if precision not in ("auto", "fp32"):
+            raise ModelError(f"--precision {precision} is for the torch backend; an ONNX export runs as exported "
+                             "(fp32, or int8 with sentune export --quantize int8)")
+        return "fp32"
+    from sentune.precision import resolve_precision
+
+    return resolve_precision(precision, device.split(":")[0])
+
+
 def pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -154,7 +168,7 @@ class Classifier:
     """A text classifier ready to predict: `Classifier.load(path).predict(["great film"])`."""
 
     def __init__(self, runner, tokenizer, settings: Settings, *, backend: str, device: str, name: str,
-                 path: str | None = None):
+                 path: str | None = None, precision: str = "fp32"):
         self.runner = runner
         self.path = path
         self._explainer = None
@@ -163,12 +177,16 @@ class Classifier:
         self.backend = backend
         self.device = device
         self.name = name
+        self.precision = precision
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", bf16: bool = False) -> Classifier:
+    def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
+             bf16: bool = False) -> Classifier:
         """Load a save_pretrained folder (backend torch) or a `sentune export` folder (backend onnx).
 
-        backend "auto" picks torch when the folder has PyTorch weights, else onnx.
+        backend "auto" picks torch when the folder has PyTorch weights, else onnx. precision (torch backend)
+        resolves as in training: auto is bf16 on CUDA with bf16 and on CPUs with native bf16, fp16 on older
+        GPUs, else fp32; it is a property of this machine, so nothing stores it. `bf16=True` = "bf16".
         """
         from transformers import AutoConfig, AutoTokenizer
 
@@ -183,9 +201,13 @@ class Classifier:
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load the config or tokenizer from {path}: {e}") from None
         settings = read_settings(str(folder), config, tokenizer)
-        runner = OnnxRunner(str(folder), device) if backend == "onnx" else TorchRunner(str(folder), device, bf16)
+        precision = inference_precision("bf16" if bf16 else precision, backend, device)
+        if backend == "onnx":
+            runner = OnnxRunner(str(folder), device)
+        else:
+            runner = TorchRunner(str(folder), device, precision)
         return cls(runner, tokenizer, settings, backend=backend, device=device, name=model_name(folder, config),
-                   path=str(folder))
+                   path=str(folder), precision=precision)
 
     @property
     def labels(self) -> list[str]:

@@ -247,7 +247,7 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, fmt: str 
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose --output")
     texts = check_texts_from(check_file, text_column)
-    reference = Classifier.load(model_dir, backend="torch", device="cpu")
+    reference = Classifier.load(model_dir, backend="torch", device="cpu", precision="fp32")  # as the ONNX graph
     checked: list[Parity] = []
 
     def write(folder: Path) -> None:  # a temporary sibling of `out`, swapped in only when it passes

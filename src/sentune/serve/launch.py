@@ -27,6 +27,7 @@ class Deployment(BaseModel):
 
     model_dir: str
     backend: str = "auto"
+    precision: str = "auto"  # resolved in each worker, on its own machine (sentune/precision.py)
     max_batch: int = 64
     max_wait_ms: float = 5.0
     limits: Limits = Field(default_factory=Limits)
@@ -50,7 +51,7 @@ def build_app(d: Deployment):
         import torch
 
         torch.set_num_threads(d.threads)
-    classifier = Classifier.load(d.model_dir, backend=d.backend)
+    classifier = Classifier.load(d.model_dir, backend=d.backend, precision=d.precision)
     return create_app(classifier, max_batch=d.max_batch, max_wait_ms=d.max_wait_ms, limits=d.limits,
                       policy=d.policy, api_keys=d.api_keys, explain_steps=d.explain_steps)
 
