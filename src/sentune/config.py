@@ -56,6 +56,11 @@ class DataConfig:
     max_length: int = knob(512, "tokens per example, special tokens included")
     truncation: str = knob("head", "which tokens of a long text to keep: head | tail | head+tail")
     head_tokens: int = knob(128, "tokens kept from the start with --truncation head+tail")
+    long_text: str = knob("truncate", "truncate (keep one window, see --truncation) | windows (read the whole "
+                          "text in overlapping windows and pool them)")
+    stride: int = knob(64, "tokens shared by consecutive windows with --long-text windows")
+    max_windows: int = knob(16, "most windows per text; beyond it windows are spread evenly, head and tail kept")
+    pool: str = knob("mean", "how window outputs make one document output: mean | max | attention (learned)")
     normalize_tweets: str = knob("auto", "auto | on | off: @user / http as in Twitter-pretrained models")
     validation_split: float = knob(0.1, "carved from train when the dataset has no validation split")
     limit_train: int | None = knob(None, "seeded, label-stratified sample")
@@ -117,6 +122,8 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "attn_implementation": ("sdpa", "eager"),
     "truncation": ("head", "tail", "head+tail"),
+    "long_text": ("truncate", "windows"),
+    "pool": ("mean", "max", "attention"),
     "normalize_tweets": ("auto", "on", "off"),
     "precision": ("auto", "fp16", "bf16", "fp32"),
     "select_on": ("validation", "test"),
@@ -262,6 +269,10 @@ def validate(cfg: Config) -> None:
         (0.0 < cfg.train.layer_decay <= 1.0, "--layer-decay must be in (0, 1]"),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "--warmup-ratio must be in [0, 1)"),
         (0.0 <= cfg.train.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)"),
+        (cfg.data.stride >= 0, "--stride must be >= 0"),
+        (cfg.data.long_text != "windows" or cfg.data.stride <= cfg.data.max_length // 2,
+         "--stride must be at most half of --max-length (else windows would mostly repeat each other)"),
+        (cfg.data.max_windows >= 1, "--max-windows must be >= 1"),
         (cfg.data.limit_train is None or cfg.data.limit_train >= 2, "--limit-train must be >= 2"),
         (cfg.data.limit_eval is None or cfg.data.limit_eval >= 1, "--limit-eval must be >= 1"),
     ]

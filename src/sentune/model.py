@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sentune import hub
+from sentune import hub, pooling
 from sentune.config import ModelConfig
 from sentune.errors import ModelError, OfflineError
 
@@ -149,9 +149,10 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def head_modules(model: nn.Module) -> list[nn.Module]:
-    """The classification head: `classifier` plus the pooler when the model has one (BERT)."""
+    """The classification head: `classifier`, the pooler when the model has one (BERT), the window pool if any."""
     pooler = getattr(model.base_model, "pooler", None)
-    return [m for m in (pooler, getattr(model, "classifier", None)) if m is not None]
+    parts = (pooler, getattr(model, "classifier", None), getattr(model, pooling.ATTRIBUTE, None))
+    return [m for m in parts if m is not None]
 
 
 def param_groups(model: nn.Module, lr_encoder: float, lr_head: float, weight_decay: float,
@@ -265,10 +266,19 @@ def forward_suffix(model: nn.Module, k: int, hidden: torch.Tensor,
 
     The last layer runs for the first token only (all the head reads), see `_first_token_layer`.
     """
+    return head(model, forward_states(model, k, hidden, attention_mask))
+
+
+def forward_states(model: nn.Module, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Layers k.. -> the first-token states [B, H] the head reads (what windows are pooled over)."""
     prefix_modules(model, k)
     hidden = hidden.to(next(model.parameters()).dtype)
-    hidden = _run_layers(model, encoder_layers(model)[k:], hidden, attention_mask, first_token_only=True)
-    return _head(model, hidden[:, :1])
+    return _run_layers(model, encoder_layers(model)[k:], hidden, attention_mask, first_token_only=True)[:, 0]
+
+
+def head(model: nn.Module, states: torch.Tensor) -> torch.Tensor:
+    """First-token states [B, H] (one per example, or per document after pooling) -> logits [B, num_labels]."""
+    return _head(model, states[:, None])
 
 
 def _head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -296,7 +306,11 @@ def forward_logits(model: nn.Module, batch: dict, k: int) -> torch.Tensor:
     hidden = batch.get("hidden")
     if hidden is None:
         hidden = forward_prefix(model, k, batch["input_ids"], batch["attention_mask"])
-    return forward_suffix(model, k, hidden, batch["attention_mask"])
+    if "window_doc" not in batch:
+        return forward_suffix(model, k, hidden, batch["attention_mask"])
+    # windows: every row through the layers, then one pooled state per document for the head
+    states = forward_states(model, k, hidden, batch["attention_mask"])
+    return head(model, pooling.pool_rows(model, states, batch["window_doc"]))
 
 
 class SplitModel(nn.Module):

@@ -5,6 +5,11 @@ depending only on lengths, seed and epoch) from *what* a batch holds (a collate 
 hidden states from `cache.py`), so a cached feed yields exactly the same batches in the same order.
 
 `padding="max_length"` pads every batch to max_length: the reference recipe's compute, kept for comparison.
+
+With `--long-text windows` a feed's examples are documents made of several rows (windows, `data/windows.py`):
+the plan orders documents by their total tokens and fills each batch with whole documents up to `batch_size`
+windows (the token budget), the collate function works on rows, and each batch says which document every row
+belongs to (`window_doc`), so the model pools a document's rows into one output.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 
 from sentune.data.padding import pad_rows
+from sentune.data.windows import Groups, flatten
 
 # Training batches are formed inside mega-chunks of this many batches (as transformers' LengthGroupedSampler):
 # big enough that lengths inside a batch are close, small enough that batches still mix the data.
@@ -34,8 +40,11 @@ class BatchPlan:
     batch_size: int
     train: bool
     seed: int
+    sizes: np.ndarray | None = None  # rows (windows) per example: batches then hold <= batch_size rows
 
     def __len__(self) -> int:
+        if self.sizes is not None:
+            return len(self.batches(0))
         return math.ceil(len(self.lengths) / self.batch_size)
 
     def batches(self, epoch: int) -> list[np.ndarray]:
@@ -54,7 +63,20 @@ class BatchPlan:
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def _cut(self, order: np.ndarray) -> list[np.ndarray]:
+        if self.sizes is not None:
+            return self._fill(order)
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _fill(self, order: np.ndarray) -> list[np.ndarray]:
+        """Whole examples in `order`, a new batch when the next would pass batch_size rows (a bigger example
+        alone is one batch: it cannot be split, `--max-windows` bounds it)."""
+        cuts, rows = [], 0
+        for pos, size in enumerate(self.sizes[order]):
+            if rows and rows + size > self.batch_size:
+                cuts.append(pos)
+                rows = 0
+            rows += size
+        return np.split(order, cuts) if len(order) else []
 
 
 def padded_length(longest: int, padding: str, max_length: int, multiple: int) -> int:
@@ -71,14 +93,15 @@ class Feed:
 
     def __init__(self, plan: BatchPlan, labels: np.ndarray, collate: Callable[[np.ndarray, int], dict],
                  *, padding: str, max_length: int, pad_to_multiple_of: int,
-                 input_ids: list[list[int]] | None):
+                 input_ids: list[list[int]] | None, groups: Groups | None = None):
         self.plan = plan
+        self.groups = groups  # documents of several rows (windows); None: one row per example
         self.labels = labels
         self.collate = collate  # (example indices, padded length) -> dict without labels/index
         self.padding = padding
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.input_ids = input_ids  # kept so the cache can run the prefix; None for cached feeds
+        self.input_ids = input_ids  # per row; kept so the cache can run the prefix; None for cached feeds
 
     @property
     def lengths(self) -> np.ndarray:
@@ -91,16 +114,23 @@ class Feed:
     def __len__(self) -> int:
         return len(self.plan)
 
+    @property
+    def row_lengths(self) -> np.ndarray:
+        """Tokens per row: what the collate function pads and the frozen-layer cache stores."""
+        return self.plan.lengths if self.groups is None else self.groups.row_lengths
+
     def num_examples(self) -> int:
         return len(self.plan.lengths)
 
-    def num_batches(self, world_size: int = 1) -> int:
-        """Batches each process sees per epoch (training drops the few that do not divide evenly)."""
+    def num_batches(self, world_size: int = 1, epoch: int = 0) -> int:
+        """Batches each process sees in `epoch` (training drops the few that do not divide evenly); only
+        window feeds can differ from epoch to epoch (whole documents fill each batch)."""
+        count = len(self) if self.groups is None else len(self.plan.batches(epoch))
         if world_size == 1:
-            return len(self)
+            return count
         if self.plan.train:
-            return len(self) // world_size
-        return math.ceil(len(self) / world_size)
+            return count // world_size
+        return math.ceil(count / world_size)
 
     def batches(self, epoch: int = 0, rank: int = 0, world_size: int = 1,
                 start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -117,12 +147,21 @@ class Feed:
                 plan = plan[: len(plan) // world_size * world_size]
             plan = plan[rank::world_size]
         for idx in plan[start:]:
-            longest = int(self.plan.lengths[idx].max())
-            width = padded_length(longest, self.padding, self.max_length, self.pad_to_multiple_of)
-            batch = self.collate(idx, width)
+            batch = self._rows(idx) if self.groups is not None else self.collate(idx, self._width(idx))
             batch["labels"] = torch.from_numpy(self.labels[idx])
             batch["index"] = torch.from_numpy(idx.astype(np.int64))
             yield batch
+
+    def _width(self, rows: np.ndarray) -> int:
+        longest = int(self.row_lengths[rows].max())
+        return padded_length(longest, self.padding, self.max_length, self.pad_to_multiple_of)
+
+    def _rows(self, docs: np.ndarray) -> dict:
+        """The rows (windows) of documents `docs`, and `window_doc`: each row's document within the batch."""
+        rows = self.groups.rows(docs)
+        batch = self.collate(rows, self._width(rows))
+        batch["window_doc"] = torch.from_numpy(np.repeat(np.arange(len(docs)), self.groups.counts[docs]))
+        return batch
 
 
 def label_array(labels) -> np.ndarray:
@@ -133,7 +172,14 @@ def label_array(labels) -> np.ndarray:
 
 def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int, train: bool, seed: int,
               pad_id: int, padding: str = "dynamic", max_length: int, pad_to_multiple_of: int = 8) -> Feed:
-    """Token batches: `input_ids` [B, T] (padded with pad_id), `attention_mask` [B, T], `labels`, `index`."""
+    """Token batches: `input_ids` [B, T] (padded with pad_id), `attention_mask` [B, T], `labels`, `index`.
+
+    `input_ids` may hold one list of windows per example (`data/windows.py`): batches then carry every window
+    of their documents as rows ([W, T]) and `window_doc` [W].
+    """
+    if input_ids and input_ids[0] and isinstance(input_ids[0][0], list):
+        return _window_feed(input_ids, labels, batch_size=batch_size, train=train, seed=seed, pad_id=pad_id,
+                            padding=padding, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of)
     if len(input_ids) != len(labels):
         raise ValueError(f"{len(input_ids)} sequences but {len(labels)} labels")
     lengths = np.fromiter((len(s) for s in input_ids), dtype=np.int64, count=len(input_ids))
@@ -147,3 +193,17 @@ def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int,
 
     return Feed(plan, label_array(labels), collate, padding=padding, max_length=max_length,
                 pad_to_multiple_of=pad_to_multiple_of, input_ids=input_ids)
+
+
+def _window_feed(windows: list[list[list[int]]], labels: list[int], *, batch_size: int, train: bool, seed: int,
+                 pad_id: int, padding: str, max_length: int, pad_to_multiple_of: int) -> Feed:
+    """A feed of documents made of windows: rows are windows, plans and labels are per document."""
+    if len(windows) != len(labels):
+        raise ValueError(f"{len(windows)} documents but {len(labels)} labels")
+    groups = Groups.of(windows)
+    rows = make_feed(flatten(windows), [0] * len(groups.row_lengths), batch_size=batch_size, train=False,
+                     seed=seed, pad_id=pad_id, padding=padding, max_length=max_length,
+                     pad_to_multiple_of=pad_to_multiple_of)
+    plan = BatchPlan(groups.doc_tokens(), batch_size, train, seed, sizes=groups.counts)
+    return Feed(plan, np.asarray(labels, dtype=np.int64), rows.collate, padding=padding, max_length=max_length,
+                pad_to_multiple_of=pad_to_multiple_of, input_ids=rows.input_ids, groups=groups)

@@ -83,7 +83,7 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
     root = Path(cache_dir or default_cache_dir())
     hidden_size = model.config.hidden_size
     itemsize = torch.tensor([], dtype=dtype).element_size()
-    need = sum(int(f.lengths.sum()) for f in feeds.values()) * hidden_size * itemsize
+    need = sum(int(f.row_lengths.sum()) for f in feeds.values()) * hidden_size * itemsize
     in_memory = mode == "memory" or (mode == "auto" and need <= RAM_FRACTION * available_ram())
     persist = mode == "disk" or (mode == "auto" and _disk_has_room(root, need))
     keys = _model_keys(model, k, dtype, fingerprint_parts)
@@ -100,7 +100,9 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
             store.caches[paths[k].name] = caches[split]
             store.events.append({"split": split, "k": k, "status": caches[split].status,
                                  "seconds": round(time.perf_counter() - t0, 3)})
-    log(_report(caches, k, model_lib.num_layers(model), need, dtype, in_memory, time.perf_counter() - start))
+    documents = sum(f.num_examples() for f in feeds.values() if f.groups is not None)
+    log(_report(caches, k, model_lib.num_layers(model), need, dtype, in_memory, time.perf_counter() - start,
+                documents))
     return {split: cached_feed(feeds[split], caches[split]) for split in feeds}
 
 
@@ -128,7 +130,10 @@ def _derive(model, k: int, feed: Feed, find: Callable[[int], SplitCache | None],
 
 
 def cached_feed(feed: Feed, cache: SplitCache) -> Feed:
-    """A feed with the same batch plan whose batches carry `hidden` [B, T, H] (stored dtype), not ids."""
+    """A feed with the same batch plan whose batches carry `hidden` [B, T, H] (stored dtype), not ids.
+
+    Window feeds are cached row by row: a window is stored like an example, its document is the feed's business.
+    """
     offsets, lengths, dtype = cache.offsets, cache.lengths, cache.flat.dtype
     bits = cache.flat.view(_BITS[dtype]).numpy()  # numpy has no bf16; padding with 0 bits is padding with 0.0
 
@@ -138,7 +143,7 @@ def cached_feed(feed: Feed, cache: SplitCache) -> Feed:
         return {"hidden": torch.from_numpy(hidden).view(dtype), "attention_mask": torch.from_numpy(mask)}
 
     return Feed(feed.plan, feed.labels, collate, padding=feed.padding, max_length=feed.max_length,
-                pad_to_multiple_of=feed.pad_to_multiple_of, input_ids=None)
+                pad_to_multiple_of=feed.pad_to_multiple_of, input_ids=None, groups=feed.groups)
 
 
 def _extra_layers(model, batch: dict, *, start: int, stop: int, device) -> torch.Tensor:
@@ -148,7 +153,7 @@ def _extra_layers(model, batch: dict, *, start: int, stop: int, device) -> torch
 # ---- building and reusing ------------------------------------------------------------------------------
 def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | None,
            in_memory: bool, run: Callable | None = None) -> SplitCache:
-    lengths = feed.lengths
+    lengths = feed.row_lengths
     offsets = _offsets(lengths)
     shape = (int(lengths.sum()), model.config.hidden_size)
     if in_memory or path is None:
@@ -197,17 +202,17 @@ def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: 
     """Fill `flat` with layer-K inputs; `run(model, batch)` replaces the prefix forward (derivation)."""
     was_training = model.training
     model.eval()  # the frozen layers are a fixed function only without dropout
-    plan = BatchPlan(feed.lengths, BUILD_BATCH, train=False, seed=0)
+    plan = BatchPlan(feed.row_lengths, BUILD_BATCH, train=False, seed=0)
     try:
         with torch.inference_mode():
             for idx in plan.batches(0):
-                width = padded_length(int(feed.lengths[idx].max()), "dynamic", feed.max_length, 8)
+                width = padded_length(int(feed.row_lengths[idx].max()), "dynamic", feed.max_length, 8)
                 batch = feed.collate(idx, width)
                 hidden = run(model, batch) if run is not None else model_lib.forward_prefix(
                     model, k, batch["input_ids"].to(device), batch["attention_mask"].to(device))
                 hidden = hidden.to(device="cpu", dtype=flat.dtype)
                 for row, i in enumerate(idx):
-                    flat[offsets[i]:offsets[i] + feed.lengths[i]] = hidden[row, :feed.lengths[i]]
+                    flat[offsets[i]:offsets[i] + feed.row_lengths[i]] = hidden[row, :feed.row_lengths[i]]
     finally:
         model.train(was_training)
 
@@ -215,7 +220,7 @@ def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: 
 def _publish(path: Path, fill: Callable[[Path], None], feed: Feed) -> None:
     """Data, then metadata, each written atomically: readers never see a half cache (they need both)."""
     atomic_file(path, fill)
-    meta = {"format": FORMAT_VERSION, "examples": int(len(feed.lengths)), "tokens": int(feed.lengths.sum())}
+    meta = {"format": FORMAT_VERSION, "examples": int(len(feed.row_lengths)), "tokens": int(feed.row_lengths.sum())}
     atomic_write_json(path.with_suffix(".json"), meta)
 
 
@@ -229,10 +234,10 @@ def _reuse(path: Path, feed: Feed, hidden_size: int, dtype: torch.dtype,
         flat = _load(path, dtype, mmap=not in_memory)
     except (OSError, ValueError):
         return None  # unreadable: rebuild (and overwrite) it
-    tokens = int(feed.lengths.sum())
+    tokens = int(feed.row_lengths.sum())
     if meta.get("format") != FORMAT_VERSION or tuple(flat.shape) != (tokens, hidden_size):
         return None
-    return SplitCache(flat, _offsets(feed.lengths), feed.lengths, "reused", path)
+    return SplitCache(flat, _offsets(feed.row_lengths), feed.row_lengths, "reused", path)
 
 
 def _load(path: Path, dtype: torch.dtype, mmap: bool) -> torch.Tensor:
@@ -269,7 +274,7 @@ def _model_keys(model, k: int, dtype: torch.dtype, parts: dict) -> dict[int, str
 
 def _tokens_digest(feed: Feed) -> str:
     h = hashlib.sha256(str(feed.max_length).encode())
-    h.update(feed.lengths.astype(np.int64).tobytes())
+    h.update(feed.row_lengths.astype(np.int64).tobytes())
     for ids in feed.input_ids:
         h.update(np.asarray(ids, dtype=np.int64).tobytes())
     return h.hexdigest()
@@ -298,8 +303,9 @@ def _disk_has_room(root: Path, need: int) -> bool:
 
 
 def _report(caches: dict[str, SplitCache], k: int, depth: int, nbytes: int, dtype: torch.dtype,
-            in_memory: bool, seconds: float) -> str:
+            in_memory: bool, seconds: float, documents: int = 0) -> str:
     examples = sum(len(c.lengths) for c in caches.values())
+    rows = f"{documents:,} texts in {examples:,} windows" if documents else f"{examples:,} examples"
     tokens = sum(int(c.lengths.sum()) for c in caches.values())
     built = [s for s, c in caches.items() if c.status == "built"]
     reused = [s for s, c in caches.items() if c.status == "reused"]
@@ -309,6 +315,6 @@ def _report(caches: dict[str, SplitCache], k: int, depth: int, nbytes: int, dtyp
     folders = {str(c.path.parent) for c in caches.values() if c.path is not None}
     where = "memory" if in_memory else "disk (memory-mapped)"
     disk = f", files in {', '.join(sorted(folders))}" if folders else ""
-    return (f"frozen-layer cache: layers 0-{k - 1} of {depth}, {examples:,} examples, {tokens:,} tokens, "
+    return (f"frozen-layer cache: layers 0-{k - 1} of {depth}, {rows}, {tokens:,} tokens, "
             f"{nbytes / 1e6:,.1f} MB {str(dtype).removeprefix('torch.')}, {where}, {action} "
             f"in {seconds:.1f} s{disk}")

@@ -126,7 +126,7 @@ def train_epoch(p: Prepared, state: TrainState, epoch: int) -> dict:
     p.net.train()
     model_lib.set_frozen_eval(p.model, cfg.model.freeze_layers)  # frozen layers never use dropout
     feed = p.feeds["train"]
-    total = feed.num_batches(acc.num_processes)
+    total = feed.num_batches(acc.num_processes, epoch)
     sums = torch.zeros(3, device=acc.device)  # loss*n, correct, n
     if state.partial is not None and acc.is_main_process:  # the restored epoch's running sums
         sums += torch.tensor(state.partial, device=acc.device)
@@ -309,6 +309,9 @@ def final_test_metrics(p: Prepared) -> dict | None:
     metrics = compute_metrics(labels.numpy(), out["probs"].numpy(), p.splits.label_names)
     if p.is_main:
         rundir.atomic_write_json(p.run_dir / "final_metrics.json", metrics)
+        # per test text, so a subset (e.g. texts longer than one window: bench/long_text.py) can be scored later
+        rundir.atomic_write_json(p.run_dir / "test_probs.json", {"label": labels.tolist(),
+                                                                 "probs": out["probs"].tolist()})
     return metrics
 
 

@@ -12,10 +12,11 @@ import torch
 
 from sentune import config as config_lib
 from sentune import model as model_lib
-from sentune import rundir, tasks
+from sentune import pooling, rundir, tasks
 from sentune.config import Config
 from sentune.data import labels as label_lib
 from sentune.data import splits as data
+from sentune.data import windows as windows_lib
 from sentune.errors import ConfigError
 from sentune.training import tracking
 from sentune.training.accel import make_accelerator
@@ -78,11 +79,13 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     say(data_summary(splits))
     model, tokenizer = model_lib.load_model(cfg.model, splits.label_names, tasks.PROBLEM_TYPES[splits.task])
     model.config.sentune = inference_settings(cfg, splits)
+    if cfg.data.long_text == "windows":
+        pooling.attach_pool(model, cfg.data.pool)  # before freezing and the optimizer: the pool trains
     model_lib.freeze_layers(model, cfg.model.freeze_layers)
     trainable, total = model_lib.count_parameters(model)
     say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
-    feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"])
+    feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"], say)
     check_train_batches(feeds["train"], acc.num_processes, cfg.train.batch_size)
     feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
@@ -128,20 +131,31 @@ def inference_settings(cfg: Config, splits=None) -> dict:
     """What `best/` must remember so predict/serve/export preprocess exactly as training did."""
     out = {"max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
            "head_tokens": cfg.data.head_tokens,
-           "normalize_tweets": data.wants_tweet_normalization(cfg.model.model, cfg.data.normalize_tweets)}
+           "normalize_tweets": data.wants_tweet_normalization(cfg.model.model, cfg.data.normalize_tweets),
+           **window_settings(cfg)}
     if splits is not None and splits.label_scale:
         out["label_scale"] = splits.label_scale  # already folded into the saved head; kept for the record
     return out
 
 
-def build_feeds(cfg: Config, splits, tokenizer, normalize: bool) -> dict:
+def window_settings(cfg: Config) -> dict:
+    """Only windowed runs write these, so a truncating run's best/ stays what it always was."""
+    if cfg.data.long_text != "windows":
+        return {}
+    return {"long_text": "windows", "stride": cfg.data.stride, "max_windows": cfg.data.max_windows,
+            "pool": cfg.data.pool}
+
+
+def build_feeds(cfg: Config, splits, tokenizer, normalize: bool, say=print) -> dict:
     feeds = {}
     for name in ("train", "validation", "test"):
         split = getattr(splits, name)
         if split is None:
             continue
         texts = [data.normalize_tweet(t) for t in split["text"]] if normalize else list(split["text"])
-        ids = data.encode_texts(tokenizer, texts, cfg.data.max_length, cfg.data.truncation, cfg.data.head_tokens)
+        ids = encode_split(cfg, tokenizer, texts)
+        if cfg.data.long_text == "windows":
+            say(windows_lib.summary(name, ids, cfg.data.max_windows))
         bs = cfg.train.batch_size if name == "train" else (cfg.train.eval_batch_size or 2 * cfg.train.batch_size)
         feeds[name] = make_split_feed(ids, list(split["label"]), bs, name == "train", cfg, tokenizer.pad_token_id)
     return feeds
@@ -153,6 +167,14 @@ def check_train_batches(feed, processes: int, batch_size: int) -> None:
         raise ConfigError(f"{feed.num_examples()} training examples make {len(feed)} batches of --batch-size "
                           f"{batch_size}, fewer than the {processes} processes; use a smaller --batch-size "
                           "or fewer processes")
+
+
+def encode_split(cfg: Config, tokenizer, texts: list[str]) -> list:
+    """Per text its ids (truncate) or its list of windows (`--long-text windows`)."""
+    if cfg.data.long_text == "windows":
+        return windows_lib.encode_windows(tokenizer, texts, cfg.data.max_length, cfg.data.stride,
+                                          cfg.data.max_windows)
+    return data.encode_texts(tokenizer, texts, cfg.data.max_length, cfg.data.truncation, cfg.data.head_tokens)
 
 
 def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
