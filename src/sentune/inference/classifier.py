@@ -3,6 +3,9 @@
 Works on any `save_pretrained` sequence-classification folder and on an ONNX export (`sentune export`).
 When `config.json` carries the `sentune` dict written by training (max_length, truncation, head_tokens,
 normalize_tweets, temperature), inputs are prepared exactly as in training and logits are calibrated.
+A model trained with `--long-text windows` (long_text, stride, max_windows, pool in that dict) reads every
+text in windows and pools them as training did (`inference/windowed.py`); each prediction says how many
+windows its text used.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ class Settings:
     task: str = "single_label"  # from config.json's problem_type
     thresholds: dict | None = None  # multi-label decision thresholds ({"global", "per_label"}), tuned by training
     label_scale: dict | None = None  # regression: the training targets' mean/std (already folded into the head)
+    long_text: str = "truncate"
+    stride: int = 64
+    max_windows: int = 16
+    pool: str = "mean"
+
+    @property
+    def windows(self) -> bool:
+        return self.long_text == "windows"
 
 
 def read_settings(path: str, config, tokenizer) -> Settings:
@@ -56,6 +67,10 @@ def read_settings(path: str, config, tokenizer) -> Settings:
         task=tasks.task_of(config),
         thresholds=meta.get("thresholds") or None,
         label_scale=meta.get("label_scale") or None,
+        long_text=meta.get("long_text", "truncate"),
+        stride=int(meta.get("stride", 64)),
+        max_windows=int(meta.get("max_windows", 16)),
+        pool=meta.get("pool", "mean"),
     )
 
 
@@ -82,7 +97,7 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
 class TorchRunner:
     """Logits from a PyTorch model under inference_mode; bf16/fp16 cast the weights (no autocast overhead)."""
 
-    def __init__(self, path: str, device: str, precision: str):
+    def __init__(self, path: str, device: str, precision: str, pool: str | None = None):
         import torch
         from transformers import AutoModelForSequenceClassification
 
@@ -96,14 +111,23 @@ class TorchRunner:
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load a classification model from {path}: {e}") from None
         self.model = model.to(self.device).eval()
+        self.windowed = None
+        if pool is not None:  # a windowed model: pool the windows as training did
+            from sentune import pooling
+            from sentune.inference.windowed import WindowedLogits
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+            if pool == "attention":
+                pooling.load_pool(self.model, path)
+            self.windowed = WindowedLogits(self.model, pool).eval()
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 window_mask: np.ndarray | None = None) -> np.ndarray:
         torch = self.torch
+        ids, mask = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(attention_mask).to(self.device)
         with torch.inference_mode():
-            out = self.model(
-                input_ids=torch.from_numpy(input_ids).to(self.device),
-                attention_mask=torch.from_numpy(attention_mask).to(self.device),
-            )
+            if window_mask is not None:
+                return self.windowed(ids, mask, torch.from_numpy(window_mask).to(self.device)).float().cpu().numpy()
+            out = self.model(input_ids=ids, attention_mask=mask)
         return out.logits.float().cpu().numpy()
 
 
@@ -126,8 +150,13 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(model_file), options, providers=providers)
         self.input_names = {i.name for i in self.session.get_inputs()}
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 window_mask: np.ndarray | None = None) -> np.ndarray:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if window_mask is not None:
+            if "window_mask" not in self.input_names:
+                raise ModelError("this ONNX export reads one window per text; export the model again")
+            feed["window_mask"] = window_mask
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
         return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.input_names})[0]
@@ -205,7 +234,7 @@ class Classifier:
         if backend == "onnx":
             runner = OnnxRunner(str(folder), device)
         else:
-            runner = TorchRunner(str(folder), device, precision)
+            runner = TorchRunner(str(folder), device, precision, pool=settings.pool if settings.windows else None)
         return cls(runner, tokenizer, settings, backend=backend, device=device, name=model_name(folder, config),
                    path=str(folder), precision=precision)
 
@@ -235,11 +264,43 @@ class Classifier:
             texts = [data.normalize_tweet(t) for t in texts]
         return data.encode_texts(self.tokenizer, list(texts), s.max_length, s.truncation, s.head_tokens)
 
+    def encode_windows(self, texts: Sequence[str]) -> list[list[list[int]]]:
+        """Per text its windows, as in training with `--long-text windows` (one window for a short text)."""
+        from sentune.data import splits as data
+        from sentune.data.windows import encode_windows
+
+        s = self.settings
+        if s.normalize_tweets:
+            texts = [data.normalize_tweet(t) for t in texts]
+        return encode_windows(self.tokenizer, list(texts), s.max_length, s.stride, s.max_windows)
+
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Raw logits (n, num_labels) in input order; batches are sorted by length to waste no padding."""
+        return self.logits_and_windows(texts, batch_size)[0]
+
+    def logits_and_windows(self, texts: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
+        """Logits and, per text, the windows it was read in (1 for a model that truncates).
+
+        A windowed model batches windows across texts: `batch_size` then counts windows, not texts.
+        """
         check_texts(texts)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.settings.windows:
+            return self._window_logits(texts, batch_size)
+        return self._truncated_logits(texts, batch_size), [1] * len(texts)
+
+    def _window_logits(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[int]]:
+        from sentune.data.windows import pad_windows, window_batches
+
+        windows = self.encode_windows(texts)
+        out = np.zeros((len(windows), len(self.settings.labels)), dtype=np.float32)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for rows in window_batches(windows, batch_size):
+            out[rows] = self.runner(*pad_windows([windows[i] for i in rows], pad_id))
+        return out, [len(w) for w in windows]
+
+    def _truncated_logits(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         ids = self.encode(texts)
         out = np.zeros((len(ids), len(self.settings.labels)), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
@@ -260,8 +321,14 @@ class Classifier:
         """Per text: {"label": best label, "score": its probability, "probs": {label: probability}}.
 
         Multi-label: {"labels": [{"label", "score"}, ...] (every label at or above its threshold, best
-        first), "probs": {label: probability}}; regression: {"value": number}."""
-        return self.to_predictions(self.predict_proba(texts, batch_size))
+        first), "probs": {label: probability}}; regression: {"value": number}. A windowed model adds
+        "windows": how many windows the text was read in."""
+        logits, windows = self.logits_and_windows(texts, batch_size)
+        predictions = self.to_predictions(tasks.to_scores(self.task, logits, self.settings.temperature))
+        if self.settings.windows:  # a truncating model's records keep their shape
+            for prediction, count in zip(predictions, windows, strict=True):
+                prediction["windows"] = count
+        return predictions
 
     def explain(self, texts: Sequence[str], target: str | None = None, steps: int | None = None) -> list[dict]:
         """Per text: the explained label, its words and a signed integrated-gradients score per word.

@@ -5,6 +5,10 @@ preprocessing settings, so the ONNX model sees exactly the inputs PyTorch saw) a
 parity numbers). It is written to a temporary sibling and renamed into place only when the parity check
 passes (`atomic.atomic_dir`): int8 dynamic quantization is known to collapse some models, and a collapsed
 export never lands.
+
+A model trained with `--long-text windows` exports as its windowed form (`inference/windowed.py`): the graph
+takes [texts, windows, tokens] ids and mask plus a [texts, windows] window mask and pools inside, so the
+ONNX runner splits and pools exactly as PyTorch; the parity texts include ones many windows long.
 """
 
 from __future__ import annotations
@@ -99,7 +103,9 @@ def check_texts_from(path: str | None, text_column: str = "text") -> list[str]:
     if path is None:
         # Long texts too: truncation and long-sequence attention must survive the export.
         long = [" ".join(BUILTIN_TEXTS[i : i + 12]) for i in range(0, len(BUILTIN_TEXTS), 4)]
-        return BUILTIN_TEXTS + long
+        # and far past any max_length, so a windowed export is checked on texts of many windows
+        longer = [" ".join((BUILTIN_TEXTS[i:] + BUILTIN_TEXTS[:i]) * 3) for i in range(0, len(BUILTIN_TEXTS), 10)]
+        return BUILTIN_TEXTS + long + longer
     from sentune.data import splits as data
 
     texts = []
@@ -112,12 +118,17 @@ def check_texts_from(path: str | None, text_column: str = "text") -> list[str]:
     return texts
 
 
-def export_onnx(model_dir: Path, onnx_path: Path) -> None:
-    """torch.onnx.export (dynamo exporter: the legacy tracer bakes the attention mask in as a constant)."""
+def export_onnx(model_dir: Path, onnx_path: Path, pool: str | None = None) -> None:
+    """torch.onnx.export (dynamo exporter: the legacy tracer bakes the attention mask in as a constant).
+
+    `pool` (a windowed model's pooling) exports the windowed form instead of the plain classifier.
+    """
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if pool is not None:
+        return export_windowed(model, model_dir, onnx_path, pool)
 
     class Logits(torch.nn.Module):
         def __init__(self, inner):
@@ -139,6 +150,29 @@ def export_onnx(model_dir: Path, onnx_path: Path) -> None:
             )
     except Exception as e:  # an architecture the exporter cannot handle: say which, keep the cause chained
         raise ModelError(f"cannot export {type(model).__name__} from {model_dir} to ONNX: {e}") from e
+
+
+def export_windowed(model, model_dir: Path, onnx_path: Path, pool: str) -> None:
+    import torch
+
+    from sentune import pooling
+    from sentune.inference.windowed import WindowedLogits
+
+    if pool == "attention":
+        pooling.load_pool(model, model_dir)
+    ids = torch.full((2, 3, 16), 5, dtype=torch.long)
+    mask, window_mask = torch.ones_like(ids), torch.ones((2, 3), dtype=torch.long)
+    auto = torch.export.Dim.AUTO
+    dynamic = ({0: auto, 1: auto, 2: auto}, {0: auto, 1: auto, 2: auto}, {0: auto, 1: auto})
+    try:
+        with quiet(), torch.no_grad():
+            torch.onnx.export(
+                WindowedLogits(model, pool).eval(), (ids, mask, window_mask), str(onnx_path), dynamo=True,
+                external_data=False, input_names=["input_ids", "attention_mask", "window_mask"],
+                output_names=["logits"], dynamic_shapes=dynamic,
+            )
+    except Exception as e:
+        raise ModelError(f"cannot export the windowed {type(model).__name__} from {model_dir} to ONNX: {e}") from e
 
 
 @contextlib.contextmanager
@@ -179,6 +213,8 @@ def write_companions(model_dir: Path, out: Path, reference: Classifier) -> None:
     config.sentune = {**(getattr(config, "sentune", None) or {}), "max_length": s.max_length,
                       "truncation": s.truncation, "head_tokens": s.head_tokens,
                       "normalize_tweets": s.normalize_tweets}
+    if s.windows:
+        config.sentune.update(long_text=s.long_text, stride=s.stride, max_windows=s.max_windows, pool=s.pool)
     config.save_pretrained(out)
     reference.tokenizer.save_pretrained(out)
 
@@ -265,11 +301,12 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, fmt: str 
 
 def build(model_dir: Path, tmp: Path, reference: Classifier, quantize: str | None) -> None:
     write_companions(model_dir, tmp, reference)
+    pool = reference.settings.pool if reference.settings.windows else None
     if quantize:
         fp32 = tmp / "model-fp32.onnx"
-        export_onnx(model_dir, fp32)
+        export_onnx(model_dir, fp32, pool)
         quantize_int8(fp32, tmp / ONNX_FILE)
         fp32.unlink()
     else:
-        export_onnx(model_dir, tmp / ONNX_FILE)
+        export_onnx(model_dir, tmp / ONNX_FILE, pool)
 

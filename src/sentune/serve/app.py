@@ -38,6 +38,7 @@ class Prediction(BaseModel):
     label: str
     score: float = Field(description="probability of the predicted label")
     probs: dict[str, float] = Field(description="probability of every label")
+    windows: int = Field(1, description="windows the text was read in (more than 1: a long text, whole)")
 
 
 class PredictResponse(BaseModel):
@@ -265,7 +266,7 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     metrics = Metrics()
     batcher = MicroBatcher(lambda texts: classifier.predict(texts, batch_size=max_batch), max_batch, max_wait_ms,
                            max_tokens=policy.max_batch_tokens, max_queue=policy.max_queue, observer=metrics,
-                           cost=lambda text: estimate_tokens(text, classifier.max_length))
+                           cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)))
     ready = asyncio.Event()
 
     async def warm_up() -> None:
@@ -345,6 +346,7 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     @app.get("/metadata")
     async def metadata() -> dict:
         return {"model": classifier.name, "labels": classifier.labels, "max_length": classifier.max_length,
+                "long_text": long_text_settings(classifier),
                 "backend": classifier.backend, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "auth": bool(api_keys), "limits": limits.model_dump(), "policy": policy.model_dump(),
                 "explain_steps": explain_steps, **task_metadata(classifier)}
@@ -357,3 +359,19 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
         return FileResponse(str(static.joinpath("index.html")))
 
     return app
+
+
+def tokens_per_text(classifier) -> int:
+    """The most tokens one text can cost: one window, or every window of a windowed model."""
+    s = getattr(classifier, "settings", None)
+    if s is not None and getattr(s, "long_text", "truncate") == "windows":
+        return classifier.max_length * s.max_windows
+    return classifier.max_length
+
+
+def long_text_settings(classifier) -> dict:
+    """How the model reads a text longer than max_length: truncate, or windows with stride/cap/pool."""
+    s = getattr(classifier, "settings", None)
+    if s is None or getattr(s, "long_text", "truncate") != "windows":
+        return {"mode": "truncate"}
+    return {"mode": "windows", "stride": s.stride, "max_windows": s.max_windows, "pool": s.pool}

@@ -161,6 +161,9 @@ async function predict(event) {
       $("score").textContent = `(${(100 * prediction.score).toFixed(1)}%)`;
       drawBars(prediction);
     }
+    // a long text read by a windowed model: say how much of it the model read, and in how many pieces
+    const n = prediction.windows || 1;
+    $("windows").textContent = n > 1 ? `· read in ${n} windows` : "";
     $("result").hidden = false;
     if ($("highlight").checked) await explain(text);
   } catch (e) {
