@@ -166,3 +166,32 @@ def test_resume_with_windows_equals_the_uninterrupted_run(model_dir, files, tmp_
     want, got = whole.model.state_dict(), resumed.model.state_dict()
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0)
+
+
+def test_two_processes_train_on_windows(model_dir, files, tmp_path):
+    """torchrun with 2 CPU processes: every document once per epoch across the ranks, the same weights."""
+    import subprocess
+    import sys
+
+    from test_distributed import WORKER
+    from test_resume import ENV, cli_args
+
+    script, log, run = tmp_path / "worker.py", tmp_path / "log", tmp_path / "ddp"
+    script.write_text(WORKER)
+    log.mkdir()
+    values = {"model": str(model_dir), "train_file": str(files["train"]),
+              "validation_file": str(files["validation"]), "test_file": str(files["test"]), "freeze_layers": 1,
+              "max_length": MAX_LEN, "batch_size": 12, "epochs": 2, "precision": "fp32", "device": "cpu",
+              "cache": "disk", "cache_dir": str(tmp_path / "cache"), "progress": False, "output_dir": str(run),
+              "long_text": "windows", "stride": 4, "max_windows": 6, "pool": "attention"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                             "2", str(script), str(log), *cli_args(values)],
+                            env=ENV, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((log / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    for epoch in ("1", "2"):
+        shard0, shard1 = (ranks[r]["seen"][epoch] for r in (0, 1))
+        assert not set(shard0) & set(shard1) and len(shard0) == len(set(shard0))
+        assert len(set(shard0) | set(shard1)) > 40  # of 48: only the last uneven batch may be dropped
+    assert "texts in" in result.stdout and "windows" in result.stdout  # the cache report counts windows
