@@ -205,5 +205,5 @@ def _window_feed(windows: list[list[list[int]]], labels: list[int], *, batch_siz
                      seed=seed, pad_id=pad_id, padding=padding, max_length=max_length,
                      pad_to_multiple_of=pad_to_multiple_of)
     plan = BatchPlan(groups.doc_tokens(), batch_size, train, seed, sizes=groups.counts)
-    return Feed(plan, np.asarray(labels, dtype=np.int64), rows.collate, padding=padding, max_length=max_length,
+    return Feed(plan, label_array(labels), rows.collate, padding=padding, max_length=max_length,
                 pad_to_multiple_of=pad_to_multiple_of, input_ids=rows.input_ids, groups=groups)
