@@ -90,7 +90,7 @@ def test_best_still_loads_in_a_transformers_pipeline(run):
 def test_predict_equals_evaluation_on_long_texts(run, files):
     p, probs = run
     texts = list(p.splits.test["text"])
-    clf = Classifier.load(p.run_dir / "best", backend="torch")
+    clf = Classifier.load(p.run_dir / "best", backend="torch", precision="fp32")
     for batch_size in (1, 5, 64):  # windows of different texts batched together, or a text alone
         got = clf.predict_proba(texts, batch_size=batch_size)
         np.testing.assert_allclose(got, probs, atol=1e-5)
@@ -98,7 +98,7 @@ def test_predict_equals_evaluation_on_long_texts(run, files):
     windows = clf.encode_windows(texts)
     assert [q["windows"] for q in predictions] == [len(w) for w in windows]
     assert max(q["windows"] for q in predictions) > 2
-    metrics = evaluate_model(str(p.run_dir / "best"), test_file=str(files["test"]))
+    metrics = evaluate_model(str(p.run_dir / "best"), test_file=str(files["test"]), precision="fp32")
     final = json.loads((p.run_dir / "final_metrics.json").read_text())
     assert metrics["accuracy"] == final["accuracy"] and metrics["nll"] == pytest.approx(final["nll"], abs=1e-5)
 
@@ -106,7 +106,7 @@ def test_predict_equals_evaluation_on_long_texts(run, files):
 def test_serve_says_how_many_windows_and_keeps_its_body_limit(run):
     p, probs = run
     texts = list(p.splits.test["text"])[:4]
-    clf = Classifier.load(p.run_dir / "best", backend="torch")
+    clf = Classifier.load(p.run_dir / "best", backend="torch", precision="fp32")
     limits = Limits(max_body_bytes=3000, max_texts=8, max_chars=2000)
     with TestClient(create_app(clf, max_batch=8, max_wait_ms=1, limits=limits)) as client:
         got = client.post("/predict", json={"texts": texts}).json()["predictions"]
@@ -144,8 +144,8 @@ def test_a_short_text_gets_the_truncate_result(model_dir, files, tmp_path):
     """Same weights read as a truncating model and as a windowed one: a text of one window scores the same."""
     p, _ = train.fit(windows_cfg(model_dir, files, tmp_path / "mean", pool="mean", epochs=1))
     best = p.run_dir / "best"
-    windowed = Classifier.load(best, backend="torch")
-    plain = Classifier.load(best, backend="torch")
+    windowed = Classifier.load(best, backend="torch", precision="fp32")
+    plain = Classifier.load(best, backend="torch", precision="fp32")
     plain.settings.long_text, plain.runner.windowed = "truncate", None
     short = ["good great film", "awful " + " ".join(POSITIVE[:3]), "boring"]
     assert all(len(w) == 1 for w in windowed.encode_windows(short))
