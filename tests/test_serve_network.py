@@ -392,3 +392,32 @@ def test_workers_start_from_an_import_string_with_the_settings_in_the_environmen
     assert sent.model_dir == "m" and sent.threads == max(1, launch.cores() // 2)
     assert not os.path.exists(seen["metrics_dir"])  # cleaned up after the server stopped
     assert launch.SETTINGS_ENV not in os.environ and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_draining_for_shutdown_answers_503_never_silence():
+    fake = GateClassifier(open_=False)
+    app = create_app(fake, max_batch=1, max_wait_ms=0)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            running = asyncio.ensure_future(http.post("/predict", json={"text": "running"}))
+            await wait_for(fake.running)
+            waiting = asyncio.ensure_future(http.post("/predict", json={"text": "waiting"}))
+            while app.state.batcher.queued_texts < 1:
+                await asyncio.sleep(0.005)
+            app.state.batcher.begin_drain(0.3)  # what SIGTERM does, a second before uvicorn's deadline
+            refused = await http.post("/predict", json={"text": "too late"})
+            ready = await http.get("/ready")
+            late = await waiting  # still waiting when the drain time ran out
+            fake.gate.set()
+            await running
+        await app.state.batcher.close()
+        return refused, ready, late
+
+    refused, ready, late = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers["connection"] == "close"
+    assert "shutting down" in refused.json()["error"]
+    assert ready.status_code == 503 and ready.json()["error"] == "shutting down"
+    assert late.status_code == 503 and "shut down" in late.json()["error"]
+    assert "too late" not in fake.seen() and "waiting" not in fake.seen()
