@@ -14,7 +14,9 @@ connection error counts as an error. With --model, every --max-batch setting run
 `sentune serve` in the same invocation, so micro-batching (64) and no batching (1) are compared on
 equal terms; so are --workers settings and the --pipeline baseline. Every server is started first and
 kept up; then each (server, clients) cell is driven for --seconds, interleaved, --rounds times. This is
-a benchmark, not a test: it prints a table and asserts nothing.
+a benchmark, not a test: it prints a table and asserts nothing. "server CPU ms / request" is the CPU time
+of the server's processes during the cell divided by its requests: on a shared machine the requests/s
+depend on what else runs, this much less.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imdb" / "test_small.jsonl.gz"
@@ -103,6 +106,25 @@ async def load(url: str, texts: list[str], args, clients: int) -> dict:
             "seconds": elapsed, "latencies": latencies, "errors": errors, "load_avg": os.getloadavg()[0]}
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a server and its workers: what a request costs, whatever the contention."""
+    if pid is None:
+        return float("nan")
+    parent = psutil.Process(pid)
+    total = 0.0
+    for proc in [parent, *parent.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def measured(url: str, pid: int | None, texts: list[str], args, clients: int) -> dict:
+    before = cpu_seconds(pid)
+    row = asyncio.run(load(url, texts, args, clients))
+    return {**row, "cpu_s": cpu_seconds(pid) - before}
+
+
 def merged(runs: list[dict]) -> dict:
     """One row from one or more rounds of the same server and concurrency."""
     latencies = [x for r in runs for x in r["latencies"]]
@@ -115,6 +137,7 @@ def merged(runs: list[dict]) -> dict:
             "requests_per_s": len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)),
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
             "errors": len(errors), "error_kinds": sorted(set(errors)),
+            "cpu_ms_per_request": 1000 * sum(r["cpu_s"] for r in runs) / max(1, len(latencies)),
             "load_avg": float(np.mean([r["load_avg"] for r in runs]))}
 
 
@@ -163,7 +186,7 @@ def server(setting: tuple, args):
             time.sleep(0.5)
         for text in ("a warm-up request", "another one, a little longer than the first"):  # first-call costs
             httpx.post(url + "/predict", json={"text": text}, timeout=120).raise_for_status()
-        yield url
+        yield url, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)  # graceful shutdown, as a service manager would stop it
         try:
@@ -177,12 +200,12 @@ def report(rows: list[dict], args) -> None:
     print(f"\n{args.rounds} x up to {args.seconds:.0f} s / {args.max_requests} requests each row; "
           f"texts: {args.data} (cut to {args.max_chars} chars); load average {os.getloadavg()[0]:.1f}\n")
     print("| server | max batch | backend | clients | requests | requests/s | p50 ms | p95 ms | p99 ms | errors "
-          "| load avg |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| server CPU ms / request | load avg |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r.get('server', '')} | {r['max_batch']} | {r['backend']} | {r['clients']} | {r['requests']} | "
               f"{r['requests_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
-              f"{r['errors']} | {r['load_avg']:.1f} |")
+              f"{r['errors']} | {r['cpu_ms_per_request']:.0f} | {r['load_avg']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": rows},
                                         indent=2))
@@ -201,7 +224,7 @@ def main(argv=None) -> None:
     runs: dict[tuple[str, int], list[dict]] = {}
     with contextlib.ExitStack() as stack:
         if args.url:
-            urls = {"": args.url}
+            urls = {"": (args.url, None)}
         else:
             settings = [("sentune", int(b), *worker_setting(w)) for b in args.max_batch.split(",")
                         for w in args.workers.split(",")]
@@ -216,8 +239,8 @@ def main(argv=None) -> None:
         # interleaving spreads that drift over every server instead of landing on whichever ran last
         for _ in range(args.rounds):
             for n in levels:
-                for name, url in urls.items():
-                    runs.setdefault((name, n), []).append({"server": name, **asyncio.run(load(url, texts, args, n))})
+                for name, (url, pid) in urls.items():
+                    runs.setdefault((name, n), []).append({"server": name, **measured(url, pid, texts, args, n)})
     rows = [merged(r) for r in runs.values()]
     report(rows, args)
 

@@ -302,8 +302,9 @@ def main(argv=None) -> int:
         term_info, term_checks = sigterm(server, args, texts)
     finally:
         server.stop()
+    source = args.data if Path(args.data).exists() else f"synthetic sentences (no {args.data})"
     print(f"\n{args.clients} clients, soak {args.seconds:g} s, --workers {args.workers}, model {args.model}, "
-          f"texts {args.data}; load average {os.getloadavg()[0]:.1f}; server flags {' '.join(SERVER_FLAGS)}")
+          f"texts {source}; load average {os.getloadavg()[0]:.1f}; server flags {' '.join(SERVER_FLAGS)}")
     report("soak", soak_info, soak_checks)
     report("SIGTERM under load", term_info, term_checks)
     if args.json:

@@ -421,3 +421,28 @@ def test_draining_for_shutdown_answers_503_never_silence():
     assert ready.status_code == 503 and ready.json()["error"] == "shutting down"
     assert late.status_code == 503 and "shut down" in late.json()["error"]
     assert "too late" not in fake.seen() and "waiting" not in fake.seen()
+
+
+def test_draining_does_not_start_a_batch_that_would_outlast_the_grace_period():
+    from sentune.serve.batcher import ShuttingDown
+
+    fake = GateClassifier(open_=False)
+    batcher = MicroBatcher(fake.predict, max_batch=1, max_wait_ms=0, cost=len)
+
+    async def scenario():
+        first = batcher.enqueue(["running"])
+        await wait_for(fake.running)
+        long = batcher.enqueue(["ten tokens"])
+        batcher.seconds_per_token = 1.0  # so the next batch would take ~10 s
+        batcher.begin_drain(3.0)
+        fake.gate.set()
+        await first
+        began = time.monotonic()
+        with pytest.raises(ShuttingDown):
+            await long
+        return time.monotonic() - began
+
+    waited = asyncio.run(scenario())
+    asyncio.run(batcher.close())
+    assert waited < 2.0  # answered at once, not at the drain deadline
+    assert "ten tokens" not in fake.seen()

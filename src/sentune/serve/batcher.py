@@ -88,6 +88,7 @@ class MicroBatcher:
         self.queued_tokens = 0
         self.seconds_per_token: float | None = None  # running estimate, for Retry-After
         self.draining = False
+        self._drain_deadline = math.inf  # loop time by which every model call must have ended
         self._line: deque[Job] = deque()
         self._resume: Job | None = None  # a split job, rejoining the line after the current batch
         self._live: set[Job] = set()
@@ -207,6 +208,11 @@ class MicroBatcher:
             if not texts:
                 continue
             tokens = sum(sum(job.costs[start:end]) for job, start, end in chunks)
+            if loop.time() + tokens * (self.seconds_per_token or 0.0) > self._drain_deadline:
+                # draining: a call that would outlast the grace period would hold up the exit; answer 503 now
+                for job, _, _ in chunks:
+                    self._fail(job, ShuttingDown("the server is shutting down"))
+                continue
             self.batch_sizes = (self.batch_sizes + [len(texts)])[-1000:]
             began = loop.time()
             try:
@@ -242,9 +248,13 @@ class MicroBatcher:
         await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
 
     def begin_drain(self, seconds: float) -> None:
-        """Shutdown: refuse new texts, keep serving the waiting ones, fail what is left after `seconds`."""
+        """Shutdown: refuse new texts, keep serving the waiting ones, fail what is left after `seconds`.
+
+        A batch that would probably not end within `seconds` (by the running seconds-per-token estimate)
+        is answered 503 instead of started: the process cannot exit while a model call runs."""
         self.draining = True
         if self._loop is not None:
+            self._drain_deadline = self._loop.time() + seconds
             self._loop.call_later(seconds, self.fail_all, ShuttingDown("the server shut down before answering"))
 
     def fail_all(self, error: Exception) -> None:
