@@ -28,7 +28,7 @@ def soak_lib():
 
 def test_short_soak_with_faults_and_sigterm(soak_lib, tiny_bert_dir):
     # a few seconds of each phase: the full 60 s / 64 clients version is the bench (docs/benchmarks.md)
-    args = argparse.Namespace(clients=16, seconds=3.0, warmup_seconds=1.0, term_seconds=3.0, max_requests=5000)
+    args = argparse.Namespace(clients=16, seconds=3.0, warmup_seconds=2.0, term_seconds=3.0, max_requests=5000)
     texts = soak_lib.load_texts("/nonexistent")  # the synthetic sentences: the suite needs no shared data
     server = soak_lib.Server(str(tiny_bert_dir))
     try:
