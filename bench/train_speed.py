@@ -90,7 +90,7 @@ def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict:
     if mode.startswith("naive"):
         t.padding, t.cache = "max_length", "off"
         model_lib.set_frozen_eval = lambda model, k: None  # the reference left dropout on in frozen layers
-        model_lib.forward_logits = lambda model, batch, k: model(
+        model_lib.forward_logits = lambda model, batch, k, dropout=0.0: model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         model_lib.make_optimizer = lambda groups, device_type: torch.optim.AdamW(groups)  # torch's default
     config_lib.validate(cfg)

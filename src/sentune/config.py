@@ -87,6 +87,16 @@ class TrainConfig:
     pad_to_multiple_of: int = knob(8, "round dynamic padding up to a multiple (tensor-core friendly)")
     cache: str = knob("auto", "auto | memory | disk | off: frozen-layer output cache")
     cache_dir: str | None = knob(None, "default: the user cache directory")
+    cached_dropout: float = knob(0.0, "dropout on the frozen layers' output as it enters the trainable ones "
+                                 "(the same with the cache on or off)")
+    frozen_dropout: bool = knob(False, "frozen layers train with their own dropout on, as the reference "
+                                "(no cache: their output then changes every step)")
+    pooler: str = knob("head", "BERT's pooler (dense + tanh on [CLS]): trained at --lr-head (head), at "
+                       "--lr-encoder (encoder), or frozen")
+    head_init: str = knob("model", "classifier init: the model's own (normal, std initializer_range) or "
+                          "linear (torch.nn.Linear's default, as the reference's FC)")
+    decay_norm_bias: bool = knob(True, "weight decay on LayerNorm and bias parameters too, as the reference "
+                                 "(--no-decay-norm-bias: the usual exclusion)")
     layer_decay: float = knob(1.0, "layer-wise LR decay over trainable encoder layers (1.0 = off)")
     scheduler: str = knob("none", "none | linear | cosine")
     warmup_ratio: float = knob(0.0, "fraction of steps of linear warm-up (with --scheduler)")
@@ -134,6 +144,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("auto", "cross_entropy", "bce", "mse", "huber"),
     "padding": ("dynamic", "max_length"),
     "cache": ("auto", "memory", "disk", "off"),
+    "pooler": ("head", "encoder", "frozen"),
+    "head_init": ("model", "linear"),
     "scheduler": ("none", "linear", "cosine"),
     "class_weights": ("none", "balanced"),
     "on_nan": ("stop", "skip"),
@@ -273,6 +285,10 @@ def validate(cfg: Config) -> None:
         (cfg.data.long_text != "windows" or cfg.data.stride <= cfg.data.max_length // 2,
          "--stride must be at most half of --max-length (else windows would mostly repeat each other)"),
         (cfg.data.max_windows >= 1, "--max-windows must be >= 1"),
+        (0.0 <= cfg.train.cached_dropout < 1.0, "--cached-dropout must be in [0, 1)"),
+        (not cfg.train.frozen_dropout or cfg.train.cache in ("auto", "off"),
+         "--frozen-dropout changes the frozen layers' output every step, so it cannot be cached: "
+         "use --cache off (or auto)"),
         (cfg.data.limit_train is None or cfg.data.limit_train >= 2, "--limit-train must be >= 2"),
         (cfg.data.limit_eval is None or cfg.data.limit_eval >= 1, "--limit-eval must be >= 1"),
     ]

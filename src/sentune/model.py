@@ -148,47 +148,83 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def head_modules(model: nn.Module) -> list[nn.Module]:
-    """The classification head: `classifier`, the pooler when the model has one (BERT), the window pool if any."""
-    pooler = getattr(model.base_model, "pooler", None)
-    parts = (pooler, getattr(model, "classifier", None), getattr(model, pooling.ATTRIBUTE, None))
+def pooler_module(model: nn.Module) -> nn.Module | None:
+    """BERT's pooler (dense + tanh on [CLS]); None for models without one (RoBERTa's head pools itself)."""
+    return getattr(model.base_model, "pooler", None)
+
+
+def head_modules(model: nn.Module, pooler: str = "head") -> list[nn.Module]:
+    """The classification head: `classifier`, the pooler when the model has one (BERT) and `pooler` is head,
+    the window pool if any."""
+    found = pooler_module(model) if pooler == "head" else None
+    parts = (found, getattr(model, "classifier", None), getattr(model, pooling.ATTRIBUTE, None))
     return [m for m in parts if m is not None]
 
 
-def param_groups(model: nn.Module, lr_encoder: float, lr_head: float, weight_decay: float,
-                 layer_decay: float = 1.0) -> list[dict]:
-    """AdamW groups over trainable parameters: encoder at lr_encoder, head (classifier + pooler) at lr_head.
+def freeze_pooler(model: nn.Module) -> None:
+    """`--pooler frozen`: the pooler keeps its checkpoint weights (it still runs, as the saved model does)."""
+    found = pooler_module(model)
+    for p in found.parameters() if found is not None else ():
+        p.requires_grad_(False)
 
-    Weight decay applies to every group, as in the reference. With layer_decay < 1, encoder layer i gets
-    lr_encoder * layer_decay ** (depth - 1 - i) in a group of its own (embeddings, if trainable, one step
-    lower).
+
+def init_head_as_linear(model: nn.Module) -> None:
+    """`--head-init linear`: the classifier's Linear layers re-drawn as torch.nn.Linear initialises them
+    (uniform, bound 1/sqrt(fan_in), bias too), as the reference's FC; the model's own init is N(0, 0.02)."""
+    for module in model.classifier.modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+
+
+def is_norm_or_bias(name: str, param: nn.Parameter) -> bool:
+    """The usual weight-decay exclusion: biases and LayerNorm weights (every 1-D parameter here)."""
+    return param.ndim < 2 or name.endswith(".bias")
+
+
+def param_groups(model: nn.Module, lr_encoder: float, lr_head: float, weight_decay: float,
+                 layer_decay: float = 1.0, pooler: str = "head", decay_norm_bias: bool = True) -> list[dict]:
+    """AdamW groups over trainable parameters: encoder at lr_encoder, head (classifier, and the pooler with
+    `pooler="head"`) at lr_head; the head group comes last.
+
+    Weight decay applies to every parameter, as in the reference, unless `decay_norm_bias` is False: then
+    biases and LayerNorm weights sit in groups of their own (`<name>.no_decay`) with no decay. With
+    layer_decay < 1, encoder layer i gets lr_encoder * layer_decay ** (depth - 1 - i) in a group of its own
+    (embeddings, if trainable, one step lower).
     """
-    head_ids = {id(p) for m in head_modules(model) for p in m.parameters()}
+    head_ids = {id(p) for m in head_modules(model, pooler) for p in m.parameters()}
     layers = encoder_layers(model)
     depth = len(layers)
     layer_of = {id(p): i for i, layer in enumerate(layers) for p in layer.parameters()}
     encoder: dict[int, list] = {}
     head = []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if id(p) in head_ids:
-            head.append(p)
-        else:
-            encoder.setdefault(layer_of.get(id(p), -1), []).append(p)  # -1: embeddings and other base params
+            head.append((name, p))
+        else:  # -1: embeddings and other base params (the pooler with --pooler encoder)
+            encoder.setdefault(layer_of.get(id(p), -1), []).append((name, p))
     groups = []
     if layer_decay == 1.0:
-        flat = [p for i in sorted(encoder) for p in encoder[i]]
-        if flat:
-            groups.append({"name": "encoder", "params": flat, "lr": lr_encoder, "weight_decay": weight_decay})
+        flat = [pair for i in sorted(encoder) for pair in encoder[i]]
+        groups += _decay_groups("encoder", flat, lr_encoder, weight_decay, decay_norm_bias)
     else:
         for i in sorted(encoder):
             lr = lr_encoder * layer_decay ** (depth - 1 - i)
             name = "embeddings" if i < 0 else f"layer.{i}"
-            groups.append({"name": name, "params": encoder[i], "lr": lr, "weight_decay": weight_decay})
-    if head:
-        groups.append({"name": "head", "params": head, "lr": lr_head, "weight_decay": weight_decay})
+            groups += _decay_groups(name, encoder[i], lr, weight_decay, decay_norm_bias)
+    groups += _decay_groups("head", head, lr_head, weight_decay, decay_norm_bias)
     return groups
+
+
+def _decay_groups(name: str, named: list, lr: float, weight_decay: float, decay_norm_bias: bool) -> list[dict]:
+    """One group (or, without decay on norms and biases, a no-decay group then a decay group) of `named`."""
+    if decay_norm_bias:
+        split = [(name, [p for _, p in named], weight_decay)]
+    else:
+        split = [(f"{name}.no_decay", [p for n, p in named if is_norm_or_bias(n, p)], 0.0),
+                 (name, [p for n, p in named if not is_norm_or_bias(n, p)], weight_decay)]
+    return [{"name": n, "params": ps, "lr": lr, "weight_decay": wd} for n, ps, wd in split if ps]
 
 
 def make_optimizer(groups: list[dict], device_type: str) -> torch.optim.AdamW:
@@ -260,19 +296,25 @@ def forward_layers(model: nn.Module, start: int, stop: int, hidden: torch.Tensor
     return _run_layers(model, encoder_layers(model)[start:stop], hidden, attention_mask)
 
 
-def forward_suffix(model: nn.Module, k: int, hidden: torch.Tensor,
-                   attention_mask: torch.Tensor) -> torch.Tensor:
+def forward_suffix(model: nn.Module, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                   dropout: float = 0.0) -> torch.Tensor:
     """Layers k.. + head -> logits [B, num_labels]. `hidden` may be stored in a lower precision (cache).
 
-    The last layer runs for the first token only (all the head reads), see `_first_token_layer`.
+    The last layer runs for the first token only (all the head reads), see `_first_token_layer`. In train
+    mode, `dropout` (`--cached-dropout`) is applied to `hidden` as it enters the trainable layers: the noise
+    the frozen layers' own dropout would add, at a point the cache can still feed (inference never sees it).
     """
-    return head(model, forward_states(model, k, hidden, attention_mask))
+    return head(model, forward_states(model, k, hidden, attention_mask, dropout))
 
 
-def forward_states(model: nn.Module, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Layers k.. -> the first-token states [B, H] the head reads (what windows are pooled over)."""
+def forward_states(model: nn.Module, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                   dropout: float = 0.0) -> torch.Tensor:
+    """Layers k.. -> the first-token states [B, H] the head reads (what windows are pooled over); `dropout`:
+    see forward_suffix."""
     prefix_modules(model, k)
     hidden = hidden.to(next(model.parameters()).dtype)
+    if dropout and model.training:
+        hidden = nn.functional.dropout(hidden, dropout, training=True)
     return _run_layers(model, encoder_layers(model)[k:], hidden, attention_mask, first_token_only=True)[:, 0]
 
 
@@ -290,12 +332,12 @@ def _head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return model.classifier(hidden)
 
 
-def forward_logits(model: nn.Module, batch: dict, k: int) -> torch.Tensor:
+def forward_logits(model: nn.Module, batch: dict, k: int, dropout: float = 0.0) -> torch.Tensor:
     """Logits for a batch: cached batches (`hidden`) run the suffix only, token batches prefix then suffix.
 
     Token batches take the same suffix code as cached ones, so both paths draw the same dropout masks and a
     run with the cache learns exactly what a run without it learns (tests/test_cache.py). `model` is the
-    classifier, or a `SplitModel` (wrapped by DistributedDataParallel or not).
+    classifier, or a `SplitModel` (wrapped by DistributedDataParallel or not); `dropout`: see forward_suffix.
     """
     inner = getattr(model, "module", model)
     if isinstance(inner, SplitModel):
@@ -307,9 +349,9 @@ def forward_logits(model: nn.Module, batch: dict, k: int) -> torch.Tensor:
     if hidden is None:
         hidden = forward_prefix(model, k, batch["input_ids"], batch["attention_mask"])
     if "window_doc" not in batch:
-        return forward_suffix(model, k, hidden, batch["attention_mask"])
+        return forward_suffix(model, k, hidden, batch["attention_mask"], dropout)
     # windows: every row through the layers, then one pooled state per document for the head
-    states = forward_states(model, k, hidden, batch["attention_mask"])
+    states = forward_states(model, k, hidden, batch["attention_mask"], dropout)
     return head(model, pooling.pool_rows(model, states, batch["window_doc"]))
 
 
@@ -321,9 +363,9 @@ class SplitModel(nn.Module):
     process training alone.
     """
 
-    def __init__(self, model: nn.Module, k: int):
+    def __init__(self, model: nn.Module, k: int, dropout: float = 0.0):
         super().__init__()
-        self.model, self.k = model, k
+        self.model, self.k, self.dropout = model, k, dropout
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return forward_logits(self.model, batch, self.k)
+        return forward_logits(self.model, batch, self.k, self.dropout)

@@ -124,7 +124,8 @@ def train_epoch(p: Prepared, state: TrainState, epoch: int) -> dict:
     """
     acc, cfg = p.accelerator, p.cfg
     p.net.train()
-    model_lib.set_frozen_eval(p.model, cfg.model.freeze_layers)  # frozen layers never use dropout
+    if not cfg.train.frozen_dropout:  # by default frozen layers never use dropout: what makes the cache exact
+        model_lib.set_frozen_eval(p.model, cfg.model.freeze_layers)
     feed = p.feeds["train"]
     total = feed.num_batches(acc.num_processes, epoch)
     sums = torch.zeros(3, device=acc.device)  # loss*n, correct, n

@@ -81,7 +81,7 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     model.config.sentune = inference_settings(cfg, splits)
     if cfg.data.long_text == "windows":
         pooling.attach_pool(model, cfg.data.pool)  # before freezing and the optimizer: the pool trains
-    model_lib.freeze_layers(model, cfg.model.freeze_layers)
+    shape_head(cfg, model)
     trainable, total = model_lib.count_parameters(model)
     say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
@@ -89,10 +89,11 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     check_train_batches(feeds["train"], acc.num_processes, cfg.train.batch_size)
     feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
-                                    cfg.train.layer_decay)
+                                    cfg.train.layer_decay, cfg.train.pooler, cfg.train.decay_norm_bias)
     optimizer = model_lib.make_optimizer(groups, acc.device.type)
     scheduler = make_scheduler(cfg, optimizer, len(feeds["train"]) // acc.num_processes)
-    net, optimizer = acc.prepare(model_lib.SplitModel(model, cfg.model.freeze_layers), optimizer)
+    net, optimizer = acc.prepare(model_lib.SplitModel(model, cfg.model.freeze_layers, cfg.train.cached_dropout),
+                                 optimizer)
     p = Prepared(cfg=cfg, accelerator=acc, splits=splits, model=model, tokenizer=tokenizer, feeds=feeds,
                  optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss(cfg, splits).to(acc.device),
                  run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad], net=net,
@@ -101,6 +102,16 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
         write_start(p)
     tracking.start(acc, config_lib.to_dict(cfg), run_dir)
     return p
+
+
+def shape_head(cfg: Config, model) -> None:
+    """Freeze the bottom K layers (and the pooler with --pooler frozen); --head-init linear re-draws the
+    classifier (right after the model's own init, so the seed still decides it)."""
+    model_lib.freeze_layers(model, cfg.model.freeze_layers)
+    if cfg.train.pooler == "frozen":
+        model_lib.freeze_pooler(model)
+    if cfg.train.head_init == "linear":
+        model_lib.init_head_as_linear(model)
 
 
 def resolve_run_dir(cfg: Config, processes) -> Path:
@@ -187,7 +198,7 @@ def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
 
 def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
     k = cfg.model.freeze_layers
-    if cfg.train.cache == "off" or k == 0:
+    if cfg.train.cache == "off" or k == 0 or cfg.train.frozen_dropout:
         return feeds
     from sentune.training.cache import cache_feeds
 

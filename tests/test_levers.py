@@ -1,0 +1,137 @@
+"""The levers between sentune's defaults and the reference loop (issue 12): cached dropout, dropout in the
+frozen layers, where the pooler trains, head initialisation, weight decay on norms and biases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import build_model, build_tokenizer, sentiment_rows
+
+from sentune import config
+from sentune import model as M
+from sentune.data.batches import make_feed
+from sentune.errors import ConfigError
+from sentune.training import cache as cache_lib
+from sentune.training.loop import fit
+
+K = 2
+
+
+def feed_for(arch: str):
+    tok = build_tokenizer(arch)
+    rows = sentiment_rows(30, seed=7)
+    ids = tok([r["text"] for r in rows], truncation=True, max_length=24)["input_ids"]
+    labels = [int(r["label"] == "pos") for r in rows]
+    feed = make_feed(ids, labels, batch_size=6, train=True, seed=1, pad_id=tok.pad_token_id, max_length=24)
+    return feed, len(tok)
+
+
+def train_steps(model, feed, dropout: float, steps: int = 4) -> dict[str, torch.Tensor]:
+    M.freeze_layers(model, K)
+    optimizer = M.make_optimizer(M.param_groups(model, 1e-3, 1e-2, 0.01), "cpu")
+    model.train()
+    M.set_frozen_eval(model, K)
+    torch.manual_seed(11)
+    for batch in [b for epoch in range(2) for b in feed.batches(epoch)][:steps]:
+        loss = torch.nn.functional.cross_entropy(M.forward_logits(model, batch, K, dropout), batch["labels"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_cached_dropout_learns_the_same_with_the_cache_on_or_off(arch):
+    feed, vocab = feed_for(arch)
+    plain = train_steps(build_model(arch, vocab_size=vocab), feed, 0.1)
+    model = build_model(arch, vocab_size=vocab)
+    cached = cache_lib.cache_feeds(model, K, {"train": feed}, mode="memory", cache_dir=None, fingerprint_parts={},
+                                   device="cpu", dtype=torch.float32, log=lambda _: None)
+    fast = train_steps(model, cached["train"], 0.1)
+    without = train_steps(build_model(arch, vocab_size=vocab), feed, 0.0)
+    assert plain.keys() == fast.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], atol=1e-6, rtol=0)
+    assert any(not torch.allclose(plain[n], without[n]) for n in plain)  # the dropout did change training
+
+
+def test_cached_dropout_is_off_in_eval_mode():
+    feed, vocab = feed_for("bert")
+    model = build_model("bert", vocab_size=vocab).eval()
+    batch = next(iter(feed.batches(0)))
+    torch.testing.assert_close(M.forward_logits(model, batch, K, 0.5), M.forward_logits(model, batch, K),
+                               atol=0, rtol=0)
+
+
+def test_pooler_lr_choices():
+    model = build_model("bert")
+    M.freeze_layers(model, 1)
+    pooler = {id(p) for p in model.bert.pooler.parameters()}
+
+    def group_of(groups):
+        return {g["name"] for g in groups for p in g["params"] if id(p) in pooler}
+
+    assert group_of(M.param_groups(model, 1e-4, 1e-3, 0.01)) == {"head"}
+    assert group_of(M.param_groups(model, 1e-4, 1e-3, 0.01, pooler="encoder")) == {"encoder"}
+    M.freeze_pooler(model)
+    assert group_of(M.param_groups(model, 1e-4, 1e-3, 0.01, pooler="frozen")) == set()
+    assert not any(p.requires_grad for p in model.bert.pooler.parameters())
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_no_decay_on_norms_and_biases(arch):
+    model = build_model(arch)
+    M.freeze_layers(model, 1)
+    groups = M.param_groups(model, 1e-4, 1e-3, 0.01, decay_norm_bias=False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each once
+    for g in groups:
+        for p in g["params"]:
+            excluded = p.ndim == 1 or names[id(p)].endswith(".bias")
+            assert g["weight_decay"] == (0.0 if excluded else 0.01), names[id(p)]
+            assert g["lr"] == (1e-3 if g["name"].startswith("head") else 1e-4)
+    assert {g["name"] for g in groups} == {"encoder", "encoder.no_decay", "head", "head.no_decay"}
+    assert groups[-1]["name"] == "head"  # the loop reports the head's LR from the last group
+    assert all(g["weight_decay"] == 0.01 for g in M.param_groups(model, 1e-4, 1e-3, 0.01))
+
+
+def test_head_init_linear_draws_like_torch_linear():
+    model = build_model("bert")
+    before = model.classifier.weight.std().item()
+    M.init_head_as_linear(model)
+    weight, bias = model.classifier.weight, model.classifier.bias
+    bound = 1 / math.sqrt(weight.shape[1])
+    assert before < 0.04 < weight.std().item()  # N(0, 0.02) before; uniform(-1/sqrt(32), 1/sqrt(32)) after
+    assert weight.abs().max().item() <= bound and bias.abs().max().item() <= bound and bias.abs().sum() > 0
+
+
+def run_cfg(model_dir, files, tmp_path, **flags):
+    base = {"model": str(model_dir), "train_file": str(files["train"]), "test_file": str(files["test"]),
+            "select_on": "test", "freeze_layers": 1, "max_length": 32, "batch_size": 16, "epochs": 1,
+            "patience": 1, "lr_encoder": 3e-3, "lr_head": 3e-3, "precision": "fp32", "progress": False,
+            "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "run")}
+    return config.resolve(None, None, {**base, **flags})
+
+
+def test_frozen_dropout_trains_the_frozen_layers_in_train_mode(tiny_bert_dir, toy_files, tmp_path, monkeypatch):
+    modes = []
+    real = M.forward_prefix
+    monkeypatch.setattr(M, "forward_prefix", lambda model, k, *a: (
+        modes.append(model.base_model.encoder.layer[0].training), real(model, k, *a))[1])
+    fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, frozen_dropout=True))  # cache auto: turned off
+    assert modes and all(modes[:4])  # every training batch ran the prefix, in train mode
+    with pytest.raises(ConfigError, match="--frozen-dropout"):
+        run_cfg(tiny_bert_dir, toy_files, tmp_path, frozen_dropout=True, cache="memory")
+
+
+@pytest.mark.parametrize("flags", [{"pooler": "frozen", "head_init": "linear"},
+                                   {"pooler": "encoder", "decay_norm_bias": False, "cached_dropout": 0.2}])
+def test_best_still_loads_in_a_pipeline(tiny_bert_dir, toy_files, tmp_path, flags):
+    from transformers import pipeline
+
+    p, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, **flags))
+    clf = pipeline("text-classification", model=str(p.run_dir / "best"), device="cpu")
+    assert clf("great excellent movie")[0]["label"] in {"neg", "pos"}
