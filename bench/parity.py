@@ -173,7 +173,7 @@ def heldout_child(best: str, file: str, out: str, precision: str) -> None:
     from sentune.data.splits import load_labelled
     from sentune.inference.classifier import Classifier
 
-    clf = Classifier.load(best, backend="torch", bf16=precision == "bf16")
+    clf = Classifier.load(best, backend="torch", precision=precision)
     rows, _ = load_labelled(file, label_names=clf.labels)
     pred = clf.logits(list(rows["text"]), batch_size=64).argmax(-1)
     accuracy = float(np.mean(pred == np.asarray(rows["label"])))
