@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   create .venv if needed, install torch 2.13.0 (CPU wheel) + sentune, train the offline demo
-#   make test   the same set-up with the test extras, then the test suite
+#   make test   the same set-up with the test extras, then make lint (ruff, import contracts, mypy) and the suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -30,8 +30,7 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/sentune train --preset demo
 
-test: install-test
-	$(BIN)/ruff check src tests bench
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The training tests with the CPU's bf16 detection forced on, then off: the suite must not depend on the host.
@@ -40,8 +39,11 @@ test-precisions: install-test
 	SENTUNE_CPU_BF16=1 $(BIN)/python -m pytest -q $(PRECISION_TESTS)
 	SENTUNE_CPU_BF16=0 $(BIN)/python -m pytest -q $(PRECISION_TESTS)
 
+# Style, the import contracts ([tool.importlinter] in pyproject.toml: the layers) and the type checker (mypy).
 lint: install-test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -19,7 +19,7 @@ from typing import Any
 from sentune.errors import WriteError
 
 
-def atomic_file(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_file(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp) to fill a temporary sibling file, flush it to disk, then rename it to `path`.
 
     A failed write (OSError) is a WriteError; any failure, a Ctrl-C included, removes the temporary file.
@@ -50,7 +50,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
+def atomic_dir(target: Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp_dir) on a temporary sibling, flush it to disk, then swap it in for `target`.
 
     On Linux the swap is one atomic `renameat2(RENAME_EXCHANGE)`: a kill at any moment leaves either the

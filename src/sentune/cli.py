@@ -256,7 +256,7 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     clf, writes = load_for_launch(lambda device: Classifier.load(model_dir, backend=backend, device=device,
                                                                  precision="bf16" if bf16 else precision),
                                   input_path)
-    rows = ({"text": t} for t in texts) if texts else read_texts(input_path, text_column)
+    rows = ({"text": t} for t in texts) if texts or input_path is None else read_texts(input_path, text_column)
     start = time.perf_counter()
     with click.open_file((output or "-") if writes else os.devnull, "w", encoding="utf-8", lazy=False) as out:
         accuracy = write_predictions(clf, rows, out, fmt=fmt, batch_size=batch_size,
@@ -300,7 +300,7 @@ def explain(model_dir: str, texts: tuple[str, ...], input_path: str | None, text
     quiet_transformers()
     clf = Classifier.load(model_dir)
     colour = fmt == "color" or (fmt == "auto" and sys.stdout.isatty())
-    rows = ({"text": t} for t in texts) if texts else read_texts(input_path, text_column)
+    rows = ({"text": t} for t in texts) if texts or input_path is None else read_texts(input_path, text_column)
     for index, row in enumerate(rows):
         record = clf.explain([row["text"]], target=target, steps=steps)[0]
         if colour:

@@ -201,7 +201,7 @@ def read_yaml(path: str | Path, what: str) -> dict:
 def preset_dict(name: str) -> dict:
     if name not in available_presets():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(available_presets())}")
-    path = resources.files("sentune").joinpath("presets", f"{name}.yaml")
+    path = resources.files("sentune") / "presets" / f"{name}.yaml"  # one name per step: Python 3.10
     with resources.as_file(path) as p:
         return read_yaml(p, "preset")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +22,10 @@ from torch import nn
 from sentune import hub, pooling
 from sentune.config import ModelConfig
 from sentune.errors import ModelError, OfflineError
+
+# A transformers *ForSequenceClassification model: nn.Module's attribute typing (Tensor | Module) cannot see
+# its submodules (base_model.embeddings, layer.attention.self, classifier), so they are typed as Any.
+HFClassifier = Any
 
 PACKAGE_PREFIX = "package:"
 # Architectures whose layers, mask and first-token heads the split forward reproduces exactly (parity tests
@@ -114,7 +119,7 @@ def num_layers(model: nn.Module) -> int:
     return len(encoder_layers(model))
 
 
-def prefix_modules(model: nn.Module, k: int) -> list[nn.Module]:
+def prefix_modules(model: HFClassifier, k: int) -> list[nn.Module]:
     """Embeddings + layers 0..k-1 (nothing for k = 0)."""
     depth = num_layers(model)
     if not 0 <= k <= depth:
@@ -168,7 +173,7 @@ def freeze_pooler(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def init_head_as_linear(model: nn.Module) -> None:
+def init_head_as_linear(model: HFClassifier) -> None:
     """`--head-init linear`: the classifier's Linear layers re-drawn as torch.nn.Linear initialises them
     (uniform, bound 1/sqrt(fan_in), bias too), as the reference's FC; the model's own init is N(0, 0.02)."""
     for module in model.classifier.modules():
@@ -259,7 +264,7 @@ def _run_layers(model: nn.Module, layers, hidden: torch.Tensor, attention_mask: 
     return hidden
 
 
-def _first_token_layer(layer: nn.Module, hidden: torch.Tensor, mask) -> torch.Tensor:
+def _first_token_layer(layer: Any, hidden: torch.Tensor, mask) -> torch.Tensor:
     """The last encoder layer computed for position 0 only -> [B, 1, H].
 
     The classification heads read only the first token ([CLS] / <s>), so in the last layer only its query,
@@ -281,7 +286,7 @@ def _first_token_layer(layer: nn.Module, hidden: torch.Tensor, mask) -> torch.Te
     return layer.output(layer.intermediate(attended), attended)
 
 
-def forward_prefix(model: nn.Module, k: int, input_ids: torch.Tensor,
+def forward_prefix(model: HFClassifier, k: int, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
     """Embeddings + layers 0..k-1 -> hidden states [B, T, H] (for k = 0: the embeddings' output)."""
     prefix_modules(model, k)  # validates k
@@ -323,7 +328,7 @@ def head(model: nn.Module, states: torch.Tensor) -> torch.Tensor:
     return _head(model, states[:, None])
 
 
-def _head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def _head(model: HFClassifier, hidden: torch.Tensor) -> torch.Tensor:
     pooler = getattr(model.base_model, "pooler", None)
     if pooler is not None and isinstance(getattr(model, "dropout", None), nn.Dropout):
         # BERT: [CLS] -> pooler (dense + tanh) -> dropout -> classifier

@@ -146,7 +146,7 @@ def package_file(distribution: str, relative: str) -> Path:
                         f"pip install {distribution}") from None
     for file in dist.files or []:
         if str(file).replace("\\", "/") == relative:
-            return Path(dist.locate_file(file))
+            return Path(str(dist.locate_file(file)))
     raise DataError(f"the installed {distribution!r} package has no {relative}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -128,7 +129,7 @@ class ErrorResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
-def error(status: int, message: str, headers: dict | None = None, **extra: Any) -> JSONResponse:
+def error(status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
     return ErrorResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 

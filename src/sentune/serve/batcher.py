@@ -109,21 +109,23 @@ class MicroBatcher:
     def enqueue(self, texts: list[str], timeout: float | None = None) -> asyncio.Future:
         """A future for the predictions of `texts`; cancel it to withdraw the texts still waiting."""
         self._ensure_started()
+        loop, arrived = self._loop, self._arrived
+        assert loop is not None and arrived is not None  # set by _ensure_started
         if self.draining:
             raise ShuttingDown("the server is shutting down")
         if self.max_queue is not None and self.queued_texts and self.queued_texts + len(texts) > self.max_queue:
             raise QueueFull(self.queued_texts, self.max_queue, self.retry_after())
         costs = [max(1, self.cost(t)) for t in texts]
-        job = Job(list(texts), costs, self._loop.create_future(), results=[None] * len(texts))
+        job = Job(list(texts), costs, loop.create_future(), results=[None] * len(texts))
         self._line.append(job)
         self._live.add(job)
         self._count(len(texts), sum(costs))
         job.future.add_done_callback(lambda _f: self._forget(job))
         if timeout is not None:
-            timer = self._loop.call_later(timeout, self._fail, job, RequestTimeout(
+            timer = loop.call_later(timeout, self._fail, job, RequestTimeout(
                 f"no answer within the request timeout of {timeout:g} s"))
             job.future.add_done_callback(lambda _f: timer.cancel())
-        self._arrived.set()
+        arrived.set()
         return job.future
 
     async def submit(self, texts: list[str], timeout: float | None = None) -> list:
@@ -160,18 +162,19 @@ class MicroBatcher:
         job.scheduled = len(job.texts)
 
     async def _wait_for_batch(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop, arrived = asyncio.get_running_loop(), self._arrived
+        assert arrived is not None  # the worker runs only after _ensure_started
         while not self._line:
-            self._arrived.clear()
-            await self._arrived.wait()
+            arrived.clear()
+            await arrived.wait()
         deadline = loop.time() + self.max_wait
         while self.queued_texts < self.max_batch and self.queued_tokens < self.max_tokens:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            self._arrived.clear()
+            arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 return
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -72,7 +73,7 @@ def serve(d: Deployment, *, host: str = "127.0.0.1", port: int = 8000, workers: 
             "model (set --api-key, SENTUNE_API_KEY or --api-keys-file)")
     if workers > 1 and d.threads is None:
         d = d.model_copy(update={"threads": max(1, cores() // workers)})
-    options = dict(host=host, port=port, log_level="warning", access_log=False,
+    options: dict[str, Any] = dict(host=host, port=port, log_level="warning", access_log=False,
                    timeout_graceful_shutdown=d.policy.graceful_timeout)
     auth = f"{len(d.api_keys)} API key(s)" if d.api_keys else "no API key"
     if workers == 1:

@@ -275,7 +275,7 @@ def _model_keys(model, k: int, dtype: torch.dtype, parts: dict) -> dict[int, str
 def _tokens_digest(feed: Feed) -> str:
     h = hashlib.sha256(str(feed.max_length).encode())
     h.update(feed.row_lengths.astype(np.int64).tobytes())
-    for ids in feed.input_ids:
+    for ids in feed.input_ids or []:  # token feeds only: a cached feed has no ids (and is never keyed)
         h.update(np.asarray(ids, dtype=np.int64).tobytes())
     return h.hexdigest()
 

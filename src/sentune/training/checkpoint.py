@@ -111,9 +111,9 @@ def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def rng_state() -> dict:
     """This process's random generators as tensors and plain values (loadable with weights_only=True)."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
+    kind, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {"python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached],
+            "numpy": [kind, torch.from_numpy(np.asarray(key, dtype=np.int64)), pos, has_gauss, cached],
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 

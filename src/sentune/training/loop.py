@@ -145,7 +145,7 @@ def train_epoch(p: Prepared, state: TrainState, epoch: int) -> dict:
                         train_acc=f"{(sums[1] / sums[2].clamp(min=1)).item():.4f}")
         if not sync or step + 1 == total:
             continue
-        due = bool(cfg.train.save_every_steps) and step + 1 - last_saved >= cfg.train.save_every_steps
+        due = bool(cfg.train.save_every_steps) and step + 1 - last_saved >= (cfg.train.save_every_steps or 0)
         stop = guards.agreed(p.stop.requested, acc)
         if due or stop:
             save_mid_epoch(p, state, step + 1, sums)

@@ -74,7 +74,7 @@ def read_space(spec: str | None) -> dict:
     """A space from a YAML file, or by packaged name (None: the default space)."""
     name = spec or DEFAULT_NAME
     if name in available_spaces() and not Path(name).exists():
-        with resources.as_file(resources.files("sentune").joinpath("spaces", f"{name}.yaml")) as p:
+        with resources.as_file(resources.files("sentune") / "spaces" / f"{name}.yaml") as p:
             return config_lib.read_yaml(p, "search space")
     return config_lib.read_yaml(name, "search space")
 

@@ -258,8 +258,8 @@ def finalize(study, trials: Trials) -> SweepResult:
         write_sweep_report(sweep_dir, study, final)
         print(summary_line(best, final, trials.cfg.train.select_metric))
     print(f"Sweep directory: {sweep_dir}")
-    final = rundir.read_json(final_path) if final_path.exists() else None
-    return SweepResult(study, best, sweep_dir, sweep_dir / "best", final)
+    kept = rundir.read_json(final_path) if final_path.exists() else None
+    return SweepResult(study, best, sweep_dir, sweep_dir / "best", kept)
 
 
 def claim(sweep_dir: Path) -> bool:
