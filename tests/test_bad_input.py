@@ -13,7 +13,7 @@ import math
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sentune.config import DataConfig
@@ -162,6 +162,7 @@ def test_lone_surrogate_escapes_in_jsonl_are_mended(tmp_path):
 @SETTINGS
 @given(rows=st.lists(st.lists(st.sampled_from(["a", "pos", "neg", "", '"q,x"', "1"]), max_size=4),
                      min_size=1, max_size=6))
+@example(rows=[["a", "pos"], [], ['"q,x"', "neg"]])  # always one valid file among the drawn ones
 def test_ragged_csv_rows_give_rows_or_a_data_error(tmp_path, rows):
     path = tmp_path / "r.csv"
     path.write_text("text,label\n" + "\n".join(",".join(r) for r in rows) + "\n")
@@ -172,6 +173,13 @@ def test_ragged_csv_rows_give_rows_or_a_data_error(tmp_path, rows):
         list(data.read_texts(str(path)))
     except DataError:
         pass
+    kept = [r for r in rows if ",".join(r) != ""]
+    if all(len(r) == 2 and all(r) for r in kept) and len({r[1] for r in kept}) >= 2:  # valid: read back exactly
+        unquote = {'"q,x"': "q,x"}
+        assert splits is not None
+        assert list(splits.train["text"]) == [unquote.get(r[0], r[0]) for r in kept]
+        assert [splits.label_names[i] for i in splits.train["label"]] == [unquote.get(r[1], r[1]) for r in kept]
+        assert [row["text"] for row in data.read_texts(str(path))] == [unquote.get(r[0], r[0]) for r in kept]
 
 
 @SETTINGS

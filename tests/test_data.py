@@ -380,6 +380,25 @@ def test_csv_and_jsonl_readers_never_crash(tmp_path, rows):
         assert list(splits.train["text"]) == [t for t, _ in rows]
 
 
+# Texts any reader must accept: something besides white space (blank rows are skipped), no lone surrogates.
+_valid_texts = _texts.filter(str.strip)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(_valid_texts, min_size=2, max_size=8), labels=st.lists(st.sampled_from(["a", "b"]), max_size=8))
+def test_valid_csv_and_jsonl_are_read_back_exactly(tmp_path, texts, labels):
+    """The other half of never crashing: a reader that rejected everything would pass the test above."""
+    labels = (["a", "b", *labels] + ["a"] * len(texts))[: len(texts)]  # both classes present
+    rows = list(zip(texts, labels, strict=True))
+    records = [{"text": t, "label": label} for t, label in rows]
+    for name in ("v.csv", "v.jsonl"):
+        path = write_table(tmp_path / name, records)
+        assert [r["text"] for r in data.read_texts(str(path))] == [t for t, _ in rows]
+        splits = data.load_splits(cfg(train_file=str(path)), 0, "test")
+        assert list(splits.train["text"]) == [t for t, _ in rows]
+        assert [splits.label_names[i] for i in splits.train["label"]] == [label for _, label in rows]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blob=st.binary(max_size=120), ext=st.sampled_from(["csv", "tsv", "jsonl", "json", "txt"]))
 def test_random_bytes_give_rows_or_data_error(tmp_path, blob, ext):

@@ -107,14 +107,41 @@ def test_optimizer_has_the_two_learning_rates(tiny_roberta_dir, toy_files, tmp_p
 
 
 @pytest.mark.parametrize("flags", [
-    {"scheduler": "linear", "warmup_ratio": 0.2, "grad_accum": 2, "max_grad_norm": 1.0},
+    {"scheduler": "linear", "warmup_ratio": 0.5, "grad_accum": 2, "max_grad_norm": 1.0},
     {"label_smoothing": 0.1, "class_weights": "balanced", "padding": "max_length"},
 ])
-def test_recipe_options_run(tiny_bert_dir, toy_files, tmp_path, flags):
+def test_recipe_options_take_effect(tiny_bert_dir, toy_files, tmp_path, flags, monkeypatch):
+    from accelerate import Accelerator
+
+    clipped, real_clip = [], Accelerator.clip_grad_norm_
+
+    def clip(self, params, norm, *args, **kwargs):
+        clipped.append(norm)
+        return real_clip(self, params, norm, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", clip)
     p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=1, **flags))
     assert state.epoch == 1
     saved = yaml.safe_load((p.run_dir / "config.yaml").read_text())
     assert all(saved["train"][k] == v for k, v in flags.items())
+    batches = len(p.feeds["train"])
+    widths = {b["input_ids"].shape[1] for b in p.feeds["train"].batches(0)}
+    logits, labels = torch.tensor([[2.0, -1.0], [0.5, 1.5], [1.0, 0.0]]), torch.tensor([0, 1, 1])
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    if "scheduler" in flags:  # linear warm-up from 0 (half the steps), then decay to 0 at the last optimizer step
+        steps = -(-batches // 2)
+        assert p.scheduler is not None and p.scheduler.last_epoch == steps  # one scheduler step per 2 batches
+        assert p.scheduler.lr_lambdas[0](0) == 0.0 and p.scheduler.get_last_lr()[0] == pytest.approx(0.0)
+        assert clipped == [1.0] * steps
+        assert p.loss_fn(logits, labels) == pytest.approx(plain.item())
+        assert max(widths) < 32  # dynamic padding: no batch is padded to max_length
+    else:
+        assert p.scheduler is None and clipped == []
+        assert p.loss_fn.label_smoothing == 0.1 and p.loss_fn.weight is not None
+        counts = torch.bincount(torch.tensor(p.splits.train["label"]), minlength=2).float()
+        torch.testing.assert_close(p.loss_fn.weight.cpu(), counts.sum() / (2 * counts))
+        assert p.loss_fn(logits, labels) != pytest.approx(plain.item())
+        assert widths == {32}  # padding max_length: every batch as wide as --max-length
 
 
 def test_select_uses_the_named_score_not_accuracy():
