@@ -31,7 +31,7 @@ def sharp_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sharp(sharp_dir) -> Classifier:
-    return Classifier.load(sharp_dir)
+    return Classifier.load(sharp_dir, precision="fp32")  # the explainer is fp32: compared logits must be too
 
 
 def assert_complete(record: dict) -> None:
@@ -45,7 +45,8 @@ def assert_complete(record: dict) -> None:
 
 @pytest.mark.parametrize("model", ["trained", "bert", "roberta"])
 def test_scores_sum_to_the_change_of_the_explained_logit(model, sharp, tiny_bert_dir, tiny_roberta_dir):
-    clf = sharp if model == "trained" else Classifier.load(tiny_bert_dir if model == "bert" else tiny_roberta_dir)
+    folder = tiny_bert_dir if model == "bert" else tiny_roberta_dir
+    clf = sharp if model == "trained" else Classifier.load(folder, precision="fp32")
     records = clf.explain(TEXTS, steps=STEPS)
     predicted = clf.predict(TEXTS)
     for record, text, pred in zip(records, TEXTS, predicted, strict=True):

@@ -178,7 +178,7 @@ def torch_model_for(clf):
         return model  # shared with predict; a bf16 one is not converted under its feet
 
     try:
-        return TorchRunner(clf.path, clf.device, bf16=False).model
+        return TorchRunner(clf.path, clf.device, "fp32").model
     except ModelError:
         raise ModelError(f"explain needs PyTorch weights (integrated gradients take gradients); {clf.path} "
                          "has only an ONNX export: explain the folder it was exported from") from None
