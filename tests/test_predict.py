@@ -149,7 +149,7 @@ def jsonl(text: str) -> list[dict]:
 
 
 def test_cli_texts_give_jsonl_with_ids(sharp_dir, sharp):
-    result = run("predict", sharp_dir, "good great film", "awful")
+    result = run("predict", sharp_dir, "good great film", "awful", "--precision", "fp32")  # as `sharp`
     assert result.exit_code == 0, result.output
     records = jsonl(result.stdout)
     want = sharp.predict(["good great film", "awful"])
