@@ -149,7 +149,9 @@ def sweep(preset: str | None, config_file: str | None, search: str | None, n_tri
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="also write the JSON here")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="write metrics.json, confusion_matrix.png, reliability.png and report.md here")
-def evaluate(model_dir: str, output: str | None, output_dir: str | None, **options) -> None:
+@click.option("--update-card", is_flag=True,
+              help="add these results to MODEL_DIR/README.md (the model card; created when missing)")
+def evaluate(model_dir: str, output: str | None, output_dir: str | None, update_card: bool, **options) -> None:
     """Score MODEL_DIR on a labelled split: accuracy, macro-F1, per-class scores, calibration.
 
     The last stdout line is one JSON object with every number (accuracy, macro_f1, n, ...).
@@ -168,6 +170,10 @@ def evaluate(model_dir: str, output: str | None, output_dir: str | None, **optio
         click.echo(f"report: {write_eval_report(output_dir, metrics)}")
     if output:
         evaluate_lib.write_metrics(output, metrics)
+    if update_card:
+        from sentune.card import update_card as add_to_card
+
+        click.echo(f"model card: {add_to_card(model_dir, metrics)}")
     click.echo(json.dumps(metrics))
 
 
@@ -390,3 +396,25 @@ def serve(model_dir: str, host: str, port: int, workers: int, api_keys: tuple[st
         policy=Policy(max_queue=max_queue, request_timeout=request_timeout, max_batch_tokens=max_batch_tokens,
                       graceful_timeout=graceful_timeout))
     serve_model(deployment, host=host, port=port, workers=workers, log=lambda line: click.echo(line, err=True))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--repo-id", required=True, help="OWNER/NAME of the Hub model repository (created when missing)")
+@click.option("--private", is_flag=True, help="create the repository private")
+@click.option("--include-onnx", is_flag=True, help="also upload the `sentune export` folder (under onnx/)")
+@click.option("--dry-run", is_flag=True, help="list what would be uploaded and stop")
+def push(run_dir: str, repo_id: str, private: bool, include_onnx: bool, dry_run: bool) -> None:
+    """Upload RUN_DIR/best (weights, tokenizer, model card) to the Hugging Face Hub in one commit.
+
+    Needs a Hub token (`hf auth login` or HF_TOKEN). Offline, nothing is uploaded and nothing changes.
+    """
+    from sentune.push import plan_upload
+    from sentune.push import push as push_plan
+
+    plan = plan_upload(run_dir, repo_id, private=private, include_onnx=include_onnx)
+    if dry_run:
+        for line in plan.lines():
+            click.echo(line)
+        return
+    click.echo(f"pushed {len(plan.files)} files to {repo_id}: {push_plan(plan)}")

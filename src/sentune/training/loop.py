@@ -324,6 +324,9 @@ def write_summary(p: Prepared, state: TrainState, final: dict | None, stopped_ea
                     test_acc=final and final.get("accuracy"), task=p.splits.task,
                     state=asdict(state) | {"history": None})
     rundir.atomic_write_json(p.run_dir / "manifest.json", manifest)
+    from sentune.card import write_card
+
+    write_card(p.run_dir)  # best/README.md: the model card travels with the weights (and to the Hub)
     try:
         from sentune.evaluation.report import write_training_report
 
