@@ -158,3 +158,16 @@ def test_push_with_onnx_puts_the_export_under_onnx(run_dir, tmp_path):
     plan = plan_upload(run, "someone/tiny", include_onnx=True)
     assert plan.files["onnx/model.onnx"] == export / "model.onnx" and "config.json" in plan.files
     assert os.fspath(plan.files["onnx/config.json"]).endswith("best-onnx/config.json")
+
+
+def test_card_results_follow_the_task_and_skip_non_finite_numbers():
+    from sentune.card import calibration_section, eval_results
+
+    regression = eval_results({"rmse": 0.5, "mae": 0.4, "r2": float("nan"), "pearson": 0.9}, "m", "f.jsonl", "test", 9)
+    assert [r.metric_name for r in regression] == ["RMSE", "MAE", "Pearson r"]  # R2 of one row is NaN: left out
+    multi = eval_results({"micro_f1": 0.7, "macro_f1": 0.6, "samples_f1": 0.65}, "m", "f.jsonl", "test", 9)
+    assert [r.metric_name for r in multi] == ["Macro F1", "Micro F1", "Samples F1"]
+    tuned = {"problem_type": "multi_label_classification",
+             "sentune": {"thresholds": {"global": 0.36, "per_label": {"a": 0.27, "b": 0.47}}}}
+    assert "global 0.36; per label 0.27..0.47" in calibration_section(tuned, [])
+    assert "no thresholds" in calibration_section({"problem_type": "regression"}, [])

@@ -149,19 +149,21 @@ def save_task_model(path: Path, problem_type: str, num_labels: int) -> Path:
 
 def test_multi_label_explains_each_predicted_label(tmp_path):
     clf = Classifier.load(save_task_model(tmp_path / "ml", "multi_label_classification", 3))
-    logits = clf.logits(TEXTS)
-    for record, row in zip(clf.explain(TEXTS, steps=64), logits, strict=True):
-        chosen = [clf.labels[i] for i in range(3) if row[i] > 0] or [clf.labels[int(row.argmax())]]
-        assert sorted(e["label"] for e in record["explanations"]) == sorted(chosen)
+    assert clf.task == "multi_label"
+    for record, pred in zip(clf.explain(TEXTS, steps=64), clf.predict(TEXTS), strict=True):
+        chosen = [c["label"] for c in pred["labels"]] or [max(pred["probs"], key=pred["probs"].get)]
+        assert [e["label"] for e in record["explanations"]] == chosen  # what predict chose, best first
         for item in record["explanations"]:
+            assert item["score"] == pytest.approx(pred["probs"][item["label"]], abs=1e-5)
             assert_complete({**item, "words": record["words"]})
 
 
 def test_regression_explains_the_value(tmp_path):
     clf = Classifier.load(save_task_model(tmp_path / "reg", "regression", 1))
-    for record, row in zip(clf.explain(TEXTS, steps=64), clf.logits(TEXTS), strict=True):
+    assert clf.task == "regression"
+    for record, pred in zip(clf.explain(TEXTS, steps=64), clf.predict(TEXTS), strict=True):
         assert record["label"] == "value" and "score" not in record
-        assert record["value"] == pytest.approx(float(row[0]), abs=1e-4)
+        assert record["value"] == pytest.approx(pred["value"], abs=1e-4)  # the value predict reports
         assert_complete(record)
 
 

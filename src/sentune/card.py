@@ -16,8 +16,11 @@ from sentune.atomic import atomic_write_text
 
 CARD = "README.md"
 RESULTS_BEGIN, RESULTS_END = "<!-- sentune:results -->", "<!-- /sentune:results -->"
+# (key in the metrics dict, model-index metric type, name); each task's metrics dict has its own subset
 METRICS = (("accuracy", "accuracy", "Accuracy"), ("macro_f1", "f1", "Macro F1"),
-           ("macro_recall", "recall", "Macro recall"), ("ece", "ece", "ECE"))
+           ("macro_recall", "recall", "Macro recall"), ("micro_f1", "f1", "Micro F1"),
+           ("samples_f1", "f1", "Samples F1"), ("ece", "ece", "ECE"), ("rmse", "rmse", "RMSE"),
+           ("mae", "mae", "MAE"), ("r2", "r2", "R2"), ("pearson", "pearsonr", "Pearson r"))
 
 
 def read_yaml(path: Path) -> dict:
@@ -54,7 +57,11 @@ def eval_results(metrics: dict, model_name: str, source: str, split: str, n: int
                        dataset_type=hub_id(source) or source, dataset_name=f"{source} ({split}, n={n})",
                        dataset_split=split, metric_type=kind, metric_name=name,
                        metric_value=round(float(metrics[key]), 4))
-            for key, kind, name in METRICS if metrics.get(key) is not None]
+            for key, kind, name in METRICS if finite(metrics.get(key))]
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
 
 
 def results_table(results: list) -> str:
@@ -125,7 +132,8 @@ def precision_name(used: str | None, asked: str) -> str:
 def data_section(manifest: dict) -> str:
     rows = ["| split | source | rows | label counts | fingerprint |", "|---|---|---:|---|---|"]
     for split, d in (manifest.get("data") or {}).items():
-        counts = ", ".join(f"{k} {v:,}" for k, v in (d.get("label_counts") or {}).items())
+        counts = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                           for k, v in (d.get("label_counts") or {}).items())
         rows.append(f"| {split} | {d.get('source', '')} | {d.get('rows', 0):,} | {counts} | "
                     f"`{str(d.get('fingerprint', ''))[:16]}` |")
     return "## Data\n\n" + "\n".join(rows)
@@ -141,9 +149,17 @@ def calibration_section(model_cfg: dict, results: list) -> str:
         text += "Not calibrated (`sentune calibrate` fits a temperature on validation data). "
     if ece is not None:
         text += f"Test ECE of the weights at the end of training: {ece:.4f}. "
-    thresholds = meta.get("thresholds")  # multi-label models store per-label thresholds here
-    text += (f"Decision thresholds: {thresholds}." if thresholds else
-             "Decision: the most probable label (no thresholds).")
+    thresholds = meta.get("thresholds")  # multi-label models: {"global": t, "per_label": {label: t}}
+    if model_cfg.get("problem_type") == "regression":
+        text += "Regression: the output is the predicted value (no thresholds)."
+    elif thresholds:
+        per = thresholds.get("per_label") or {}
+        text += (f"Decision thresholds (tuned on validation): global {thresholds.get('global', 0.5):.2f}"
+                 + (f"; per label {min(per.values()):.2f}..{max(per.values()):.2f}" if per else "") + ".")
+    elif model_cfg.get("problem_type") == "multi_label_classification":
+        text += "Decision: every label whose probability reaches 0.5."
+    else:
+        text += "Decision: the most probable label (no thresholds)."
     return text
 
 

@@ -346,7 +346,9 @@ class Classifier:
             from sentune.inference.explain import Explainer, torch_model_for
 
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            self._explainer = Explainer(torch_model_for(self), pad, self.settings.temperature)
+            # the logit explained is the one predict turns into a score: temperature-scaled, except a regression's
+            temperature = None if self.task == "regression" else self.settings.temperature
+            self._explainer = Explainer(torch_model_for(self), pad, temperature)
         return self._explainer
 
     def to_predictions(self, probs: np.ndarray) -> list[dict]:

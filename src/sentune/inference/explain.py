@@ -90,22 +90,22 @@ def merge_to_words(token_scores: np.ndarray, enc: Encoded) -> list[float | None]
     return scores
 
 
-def explained_outputs(task: str, logits: np.ndarray, labels: list[str], target: str | None,
-                      threshold: float = 0.5) -> list[int]:
-    """Which outputs to explain for one text: the task-type seam.
+def explained_outputs(task: str, scores: np.ndarray, labels: list[str], target: str | None,
+                      thresholds: np.ndarray | None = None) -> list[int]:
+    """Which outputs to explain for one text, from its predict scores (`tasks.to_scores`).
 
-    single-label: the predicted label (or `target`); multi-label: every label over the threshold (the
-    most probable when none is), or `target`; regression: the one value.
+    single_label: the predicted label (or `target`); multi_label: every label at or above its decision
+    threshold, best first (the most probable when none is), or `target`; regression: the one value.
     """
     if task == "regression":
         return [0]
     if target is not None:
         return [labels.index(target)]
-    if task == "multi_label_classification":
-        probs = 1 / (1 + np.exp(-logits))
-        chosen = [int(i) for i in np.argsort(-probs) if probs[i] >= threshold]
-        return chosen or [int(probs.argmax())]
-    return [int(logits.argmax())]
+    if task == "multi_label":
+        cut = thresholds if thresholds is not None else np.full(len(scores), 0.5)
+        chosen = [int(i) for i in np.argsort(-scores) if scores[i] >= cut[i]]
+        return chosen or [int(scores.argmax())]
+    return [int(scores.argmax())]
 
 
 class Explainer:
@@ -159,14 +159,6 @@ class Explainer:
         return {"output": k, "tokens": attr.sum(-1)[0].detach().float().cpu().numpy(), "delta": float(delta[0])}
 
 
-def task_of(config) -> str:
-    """transformers' problem_type; a one-output head without one is a regression (as in transformers)."""
-    task = getattr(config, "problem_type", None)
-    if task:
-        return task
-    return "regression" if config.num_labels == 1 else "single_label_classification"
-
-
 def torch_model_for(clf):
     """The classifier's torch model, or one loaded from its folder when it serves an ONNX export."""
     import torch
@@ -195,29 +187,31 @@ def explain(clf, texts: Sequence[str], target: str | None = None, steps: int = D
     if target is not None and target not in clf.labels:
         raise ConfigError(f"--target {target!r} is not a label of this model; its labels: {', '.join(clf.labels)}")
     explainer = clf.explainer()
-    task = task_of(explainer.model.config)
-    from sentune.inference.classifier import softmax
+    task = clf.task
+    from sentune import tasks
 
     logits = clf.logits(texts) if texts else np.zeros((0, len(clf.labels)), dtype=np.float32)
-    probs = softmax(logits, clf.settings.temperature) if task == "single_label_classification" else None
+    scores = tasks.to_scores(task, logits, clf.settings.temperature)
+    thresholds = clf.thresholds if task == "multi_label" else None
     records = []
     for i, enc in enumerate(encode_for_explain(clf, texts)):
-        outputs = explained_outputs(task, logits[i], clf.labels, target)
+        outputs = explained_outputs(task, scores[i], clf.labels, target, thresholds)
         parts = explainer.attribute(enc, outputs, steps, tokens_per_pass)
-        records.append(to_record(enc, parts, clf.labels, task, probs[i] if probs is not None else None))
+        records.append(to_record(enc, parts, clf.labels, task, scores[i]))
     return records
 
 
-def to_record(enc: Encoded, parts: list[dict], labels: list[str], task: str, probs) -> dict:
+def to_record(enc: Encoded, parts: list[dict], labels: list[str], task: str, scores: np.ndarray) -> dict:
+    """`score` is the label's probability (softmax, or its own sigmoid for multi-label); none for regression."""
     explained = []
     for part in parts:
         item = {"label": labels[part["output"]] if task != "regression" else "value",
                 "scores": merge_to_words(part["tokens"], enc), "value": part["value"],
                 "baseline_value": part["baseline_value"], "delta": part["delta"]}
-        if probs is not None:
-            item["score"] = float(probs[part["output"]])
+        if task != "regression":
+            item["score"] = float(scores[part["output"]])
         explained.append(item)
     record = {"words": enc.words, **explained[0]}
-    if task == "multi_label_classification":
+    if task == "multi_label":
         record["explanations"] = explained
     return record
