@@ -185,3 +185,12 @@ def test_cli_colours_words_on_request_and_names_a_bad_target(sharp_dir):
     assert bad.exit_code == 2 and "not a label of this model" in bad.output
     both = CliRunner().invoke(main, ["explain", str(sharp_dir)])
     assert both.exit_code == 2 and "either TEXT" in both.output
+
+
+def test_a_windowed_model_is_refused_in_one_clear_error(tmp_path, sharp_dir):
+    from sentune.errors import ModelError
+
+    pytest.importorskip("sentune.data.windows", reason="windowed models arrive with issue 15")
+    clf = Classifier.load(edit(sharp_dir, tmp_path / "win", long_text="windows"))
+    with pytest.raises(ModelError, match="does not follow windows yet"):
+        clf.explain(["good film"])

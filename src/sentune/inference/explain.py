@@ -182,6 +182,11 @@ def explain(clf, texts: Sequence[str], target: str | None = None, steps: int = D
     from sentune.inference.classifier import check_texts
 
     check_texts(texts)
+    if getattr(clf.settings, "long_text", "truncate") == "windows":
+        # the seam for issue 15's windowed models: their logits pool several windows, which the attribution
+        # would have to integrate through together; explaining one window would misstate the model
+        raise ModelError(f"{clf.path or clf.name} reads long texts in windows (--long-text windows); explain "
+                         "does not follow windows yet, only truncated models (--long-text truncate)")
     if steps < 1:
         raise ConfigError("--steps must be >= 1")
     if target is not None and target not in clf.labels:
