@@ -18,6 +18,11 @@ from sentune.inference.explain import encode_for_explain, word_of_tokens
 
 pytest.importorskip("captum", reason="pip install 'sentune[explain]'")
 
+def load_fp32(path) -> Classifier:
+    """fp32 like the attributions: `auto` is bf16 on a native-bf16 CPU, and values are compared to 1e-4 here."""
+    return Classifier.load(path, precision="fp32")
+
+
 STEPS = 256  # tiny models are cheap; many steps make the completeness check tight
 TEXTS = ["the film was great", "awful boring plot, really dull!", "it was fine", "brilliant"]
 
@@ -31,7 +36,7 @@ def sharp_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sharp(sharp_dir) -> Classifier:
-    return Classifier.load(sharp_dir, precision="fp32")  # the explainer is fp32: compared logits must be too
+    return load_fp32(sharp_dir)
 
 
 def assert_complete(record: dict) -> None:
@@ -45,8 +50,7 @@ def assert_complete(record: dict) -> None:
 
 @pytest.mark.parametrize("model", ["trained", "bert", "roberta"])
 def test_scores_sum_to_the_change_of_the_explained_logit(model, sharp, tiny_bert_dir, tiny_roberta_dir):
-    folder = tiny_bert_dir if model == "bert" else tiny_roberta_dir
-    clf = sharp if model == "trained" else Classifier.load(folder, precision="fp32")
+    clf = sharp if model == "trained" else load_fp32(tiny_bert_dir if model == "bert" else tiny_roberta_dir)
     records = clf.explain(TEXTS, steps=STEPS)
     predicted = clf.predict(TEXTS)
     for record, text, pred in zip(records, TEXTS, predicted, strict=True):
@@ -104,7 +108,7 @@ def test_sub_word_tokens_merge_into_their_words(arch):
 
 def test_truncated_words_have_no_score_and_ids_match_predict(tmp_path, sharp_dir):
     short = edit(sharp_dir, tmp_path / "short", max_length=8, truncation="head+tail", head_tokens=3)
-    clf = Classifier.load(short)
+    clf = load_fp32(short)
     text = "great film but the plot was boring and dull and awful to the end"
     [enc] = encode_for_explain(clf, [text])
     assert enc.ids == clf.encode([text])[0]  # the model sees exactly what predict sees
@@ -125,7 +129,7 @@ def edit(src: Path, dst: Path, **sentune) -> Path:
 
 
 def test_tweets_are_explained_as_normalized(tmp_path, sharp_dir):
-    clf = Classifier.load(edit(sharp_dir, tmp_path / "tw", normalize_tweets=True))
+    clf = load_fp32(edit(sharp_dir, tmp_path / "tw", normalize_tweets=True))
     record = clf.explain(["@someone great film https://x.y"], steps=16)[0]
     assert record["words"] == ["@user", "great", "film", "http"]
 
@@ -148,7 +152,7 @@ def save_task_model(path: Path, problem_type: str, num_labels: int) -> Path:
 
 
 def test_multi_label_explains_each_predicted_label(tmp_path):
-    clf = Classifier.load(save_task_model(tmp_path / "ml", "multi_label_classification", 3))
+    clf = load_fp32(save_task_model(tmp_path / "ml", "multi_label_classification", 3))
     assert clf.task == "multi_label"
     for record, pred in zip(clf.explain(TEXTS, steps=64), clf.predict(TEXTS), strict=True):
         chosen = [c["label"] for c in pred["labels"]] or [max(pred["probs"], key=pred["probs"].get)]
@@ -159,7 +163,7 @@ def test_multi_label_explains_each_predicted_label(tmp_path):
 
 
 def test_regression_explains_the_value(tmp_path):
-    clf = Classifier.load(save_task_model(tmp_path / "reg", "regression", 1))
+    clf = load_fp32(save_task_model(tmp_path / "reg", "regression", 1))
     assert clf.task == "regression"
     for record, pred in zip(clf.explain(TEXTS, steps=64), clf.predict(TEXTS), strict=True):
         assert record["label"] == "value" and "score" not in record
@@ -191,6 +195,6 @@ def test_a_windowed_model_is_refused_in_one_clear_error(tmp_path, sharp_dir):
     from sentune.errors import ModelError
 
     pytest.importorskip("sentune.data.windows", reason="windowed models arrive with issue 15")
-    clf = Classifier.load(edit(sharp_dir, tmp_path / "win", long_text="windows"))
+    clf = load_fp32(edit(sharp_dir, tmp_path / "win", long_text="windows"))
     with pytest.raises(ModelError, match="does not follow windows yet"):
         clf.explain(["good film"])

@@ -165,6 +165,10 @@ def calibration_section(model_cfg: dict, results: list) -> str:
 
 def long_text_section(model_cfg: dict) -> str:
     meta = model_cfg.get("sentune") or {}
+    if meta.get("long_text") == "windows":
+        return (f"## Long texts\n\nLong texts are read in windows of {meta.get('max_length', '?')} tokens (stride "
+                f"{meta.get('stride')}, at most {meta.get('max_windows')} windows), pooled by `{meta.get('pool')}` "
+                "(`--long-text windows`), in training, predict and serve alike.")
     mode = meta.get("truncation", "head")
     kept = {"head": "the first tokens", "tail": "the last tokens",
             "head+tail": f"the first {meta.get('head_tokens', 128)} and the last remaining tokens"}.get(mode, mode)
