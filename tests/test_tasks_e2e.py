@@ -106,7 +106,7 @@ def test_pipeline_reads_the_problem_type(multi_run, regression_run):
     multi = pipeline("text-classification", model=str(multi_run[0] / "best"), device="cpu")
     texts = [json.loads(line)["text"] for line in multi_run[1]["test"].read_text().splitlines()]
     answers = multi(texts, top_k=None)
-    clf = Classifier.load(multi_run[0] / "best")
+    clf = Classifier.load(multi_run[0] / "best", precision="fp32")  # compared with the fp32 pipeline
     probs = clf.predict_proba(texts)
     several = 0
     for answer, ours in zip(answers, probs, strict=True):
@@ -117,7 +117,7 @@ def test_pipeline_reads_the_problem_type(multi_run, regression_run):
     assert not all(sum(s["score"] for s in a) == pytest.approx(1.0, abs=1e-3) for a in answers)  # no softmax
     reg = pipeline("text-classification", model=str(regression_run[0] / "best"), device="cpu")
     value = reg("great superb best", function_to_apply=None)[0]["score"]
-    ours = Classifier.load(regression_run[0] / "best").predict(["great superb best"])[0]["value"]
+    ours = Classifier.load(regression_run[0] / "best", precision="fp32").predict(["great superb best"])[0]["value"]
     assert value == pytest.approx(ours, abs=1e-4) and ours > 5  # raw value, original units (mean ~5)
 
 
@@ -194,7 +194,8 @@ def test_evaluate_regression_in_original_units(regression_run):
     from sentune.evaluation.evaluate import evaluate_model, summary_lines
 
     run, data = regression_run
-    metrics = evaluate_model(str(run / "best"), test_file=str(data["test"]), label_column="score")
+    metrics = evaluate_model(str(run / "best"), test_file=str(data["test"]), label_column="score",
+                             precision="fp32")  # as the fp32 run's own final test
     final = json.loads((run / "final_metrics.json").read_text())
     assert metrics["task"] == "regression" and metrics["rmse"] == pytest.approx(final["rmse"], abs=1e-3)
     assert "RMSE" in summary_lines(metrics)[0]
@@ -241,7 +242,8 @@ def test_onnx_export_keeps_the_task_and_its_decisions(which, multi_run, regressi
     run = (multi_run if which == "multi" else regression_run)[0]
     out, parity = export(run / "best", tmp_path / "onnx")
     assert parity.task == ("multi_label" if which == "multi" else "regression") and parity.agreement == 1.0
-    onnx, torch_clf = Classifier.load(out, backend="onnx"), Classifier.load(run / "best", backend="torch")
+    onnx, torch_clf = Classifier.load(out, backend="onnx"), Classifier.load(run / "best", backend="torch",
+                                                                           precision="fp32")  # as the ONNX graph
     assert onnx.task == torch_clf.task and onnx.settings.thresholds == torch_clf.settings.thresholds
     texts = ["great wonderful film", "awful boring", "the a movie"]
     if which == "multi":
