@@ -258,7 +258,7 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     quiet_transformers()
-    # under torchrun / accelerate launch each process classifies a share; the main one writes (predict_shard.py)
+    # under torchrun / accelerate launch each process classifies a share; the main one writes (inference/shard.py)
     clf, writes = load_for_launch(lambda device: Classifier.load(model_dir, backend=backend, device=device,
                                                                  precision="bf16" if bf16 else precision),
                                   input_path)

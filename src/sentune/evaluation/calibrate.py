@@ -2,7 +2,7 @@
 
 `fit_temperature` minimizes the negative log-likelihood of validation logits over log T (so T stays
 positive) with L-BFGS; `calibrate_model` stores T in the model folder's config.json, under the
-`sentune` dict that `predict.Classifier` reads, so predict, serve and evaluate apply it.
+`sentune` dict that `inference.classifier.Classifier` reads, so predict, serve and evaluate apply it.
 """
 
 from __future__ import annotations
