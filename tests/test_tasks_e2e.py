@@ -185,6 +185,13 @@ def test_evaluate_and_calibrate_multi_label(multi_run, tmp_path):
     assert result["task"] == "multi_label" and result["macro_f1_after"] >= result["macro_f1_before"] - 1e-9
     stored = json.loads((model / "config.json").read_text())["sentune"]["thresholds"]
     assert stored == result["thresholds"]
+    import csv
+
+    rows = [json.loads(line) for line in data["validation"].read_text().splitlines()]
+    with open(tmp_path / "val.csv", "w", newline="") as f:  # the same rows as a separator-joined column
+        csv.writer(f).writerows([["text", "label"], *[[r["text"], "|".join(r["labels"])] for r in rows]])
+    again = calibrate_model(str(model), str(tmp_path / "val.csv"), label_separator="|")
+    assert again["thresholds"] == result["thresholds"]
     metrics = evaluate_model(str(model), test_file=str(data["test"]))
     assert metrics["task"] == "multi_label" and metrics["n"] == 64 and "at_0.5" in metrics
     assert {r["threshold"] for r in metrics["per_label"].values()} == set(stored["per_label"].values())

@@ -144,6 +144,8 @@ def sweep(preset: str | None, config_file: str | None, search: str | None, n_tri
 @click.option("--label-column", type=str, default="label", show_default=True)
 @click.option("--limit", type=int, default=None, help="score a seeded, label-stratified sample of N rows")
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--label-separator", type=str, default=None, help="multi-label: names joined by this in the label column")
+@click.option("--label-columns", type=str, default=None, help="multi-label: one 0/1 column per label, comma-separated")
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True)
 @PRECISION_OPTION
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="also write the JSON here")
@@ -189,10 +191,13 @@ def evaluate(model_dir: str, output: str | None, output_dir: str | None, update_
 @click.option("--label-column", type=str, default="label", show_default=True)
 @click.option("--limit", type=int, default=None, help="use a seeded, label-stratified sample of N rows")
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--label-separator", type=str, default=None, help="multi-label: names joined by this in the label column")
+@click.option("--label-columns", type=str, default=None, help="multi-label: one 0/1 column per label, comma-separated")
 def calibrate(model_dir: str, validation_file: str | None, **options) -> None:
     """Fit temperature scaling on validation data and store T in MODEL_DIR/config.json.
 
-    predict, serve and evaluate then apply it. Prints NLL and ECE before and after.
+    predict, serve and evaluate then apply it. Prints NLL and ECE before and after. A multi-label model
+    gets its decision thresholds tuned instead (sentune.thresholds: one global, one per label).
     """
     import json
 

@@ -81,10 +81,12 @@ def calibrate_model(
     label_column: str = "label",
     limit: int | None = None,
     batch_size: int = 32,
+    label_separator: str | None = None,
+    label_columns: str | None = None,
 ) -> dict:
     """Fit T on held-out raw logits (a file, or a dataset's split), store it, return NLL/ECE before and after."""
     from sentune.data.splits import load_labelled
-    from sentune.evaluation.evaluate import require_file
+    from sentune.evaluation.evaluate import label_form_of, require_file
     from sentune.inference.classifier import Classifier
 
     if (validation_file is None) == (dataset is None):
@@ -98,7 +100,7 @@ def calibrate_model(
     if clf.task != "single_label":
         return calibrate_thresholds(clf, model_dir, source, split=split, dataset_config=dataset_config,
                                     text_column=text_column, label_column=label_column, limit=limit,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, form=label_form_of(label_separator, label_columns))
     rows, _ = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
                             label_column=label_column, label_names=clf.labels, limit=limit)
     if len(rows) < 2:
@@ -116,7 +118,8 @@ def calibrate_model(
 
 
 def calibrate_thresholds(clf, model_dir: str, source: str, *, split: str, dataset_config: str | None,
-                         text_column: str, label_column: str, limit: int | None, batch_size: int) -> dict:
+                         text_column: str, label_column: str, limit: int | None, batch_size: int,
+                         form=None) -> dict:
     """Multi-label calibration: tune decision thresholds on held-out data and store them (thresholds.py)."""
     from sentune.data.splits import load_labelled
     from sentune.evaluation.task_metrics import multi_label_metrics
@@ -126,7 +129,7 @@ def calibrate_thresholds(clf, model_dir: str, source: str, *, split: str, datase
         raise ConfigError(f"{model_dir} is a regression model: there is no temperature or threshold to calibrate")
     rows, names = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
                                 label_column=label_column, label_names=clf.labels, limit=limit,
-                                task="multi_label")
+                                task="multi_label", form=form)
     if len(rows) < 2:
         raise DataError(f"{source}: need at least 2 labelled rows to tune thresholds, got {len(rows)}")
     labels = np.asarray(list(rows["label"]))

@@ -49,6 +49,8 @@ def evaluate_model(
     batch_size: int = 32,
     backend: str = "auto",
     precision: str = "auto",
+    label_separator: str | None = None,
+    label_columns: str | None = None,
 ) -> dict:
     """Predict a labelled split with the model and score it: `compute_metrics` + model, data, temperature."""
     from sentune.data.splits import load_labelled
@@ -68,7 +70,8 @@ def evaluate_model(
         from sentune.evaluation.task_metrics import evaluate_task
 
         metrics = evaluate_task(clf, source, split=split, dataset_config=dataset_config, text_column=text_column,
-                                label_column=label_column, limit=limit, batch_size=batch_size)
+                                label_column=label_column, limit=limit, batch_size=batch_size,
+                                form=label_form_of(label_separator, label_columns))
         metrics["model"] = str(model_dir)
         metrics["precision"] = clf.precision
         metrics["data"] = {"source": str(source), "split": split, "limit": limit}
@@ -90,6 +93,14 @@ def evaluate_model(
         raw = compute_metrics(labels, softmax(logits), label_names)
         metrics["uncalibrated"] = {"ece": raw["ece"], "nll": raw["nll"]}
     return metrics
+
+
+def label_form_of(separator: str | None, columns: str | None):
+    """--label-separator / --label-columns of evaluate and calibrate, as the readers take them."""
+    from sentune.data.readers import LabelForm
+
+    names = tuple(c.strip() for c in (columns or "").split(",") if c.strip())
+    return LabelForm(separator=separator or None, columns=names)
 
 
 def require_file(path: str, flag: str) -> None:
