@@ -85,9 +85,10 @@ def build_card(run_dir: Path):
     results = []
     if final is not None:
         results = eval_results(final, name, data_spec, "test", manifest["data"]["test"]["rows"])
+    dataset = hub_id(data_spec)
     data = ModelCardData(
         model_name=name, base_model=hub_id(base_spec) or base.get("base_model"),
-        datasets=[hub_id(data_spec)] if hub_id(data_spec) else None, license=base.get("license"),
+        datasets=[dataset] if dataset else None, license=base.get("license"),
         language=base.get("language"), pipeline_tag="text-classification", library_name="transformers",
         tags=["sentune", "text-classification"],
         eval_results=results or None)
@@ -126,7 +127,9 @@ def recipe_section(cfg: dict, manifest: dict) -> str:
 
 def precision_name(used: str | None, asked: str) -> str:
     """What the manifest recorded (Accelerate says "no" for fp32), else the flag."""
-    return {"no": "fp32", None: asked}.get(used, used)
+    if used is None:
+        return asked
+    return "fp32" if used == "no" else used
 
 
 def data_section(manifest: dict) -> str:
