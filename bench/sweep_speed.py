@@ -225,7 +225,7 @@ def main(argv=None) -> None:
             rows.append(row)
     print(table(rows, args))
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
 
 
 if __name__ == "__main__":
