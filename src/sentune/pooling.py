@@ -14,6 +14,7 @@ starts at zero, i.e. as mean pooling. `transformers.pipeline` ignores it (and re
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ def attach_pool(model: nn.Module, mode: str) -> None:
     """Give the model its attention pool (for `attention`; mean and max have no weights)."""
     if mode == "attention" and not hasattr(model, ATTRIBUTE):
         first = next(model.parameters())
-        setattr(model, ATTRIBUTE, AttentionPool(model.config.hidden_size).to(first.device, first.dtype))
+        setattr(model, ATTRIBUTE, AttentionPool(cast(Any, model.config).hidden_size).to(first.device, first.dtype))
 
 
 def load_pool(model: nn.Module, folder: str | Path) -> None:

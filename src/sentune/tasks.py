@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -179,8 +180,9 @@ def hits(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # ---- regression scale ------------------------------------------------------------------------------------
 def _last_linear(model: torch.nn.Module) -> torch.nn.Linear:
-    head = model.classifier
-    return head if isinstance(head, torch.nn.Linear) else head.out_proj  # BERT | RoBERTa family
+    head = cast(torch.nn.Module, model.classifier)
+    # BERT | RoBERTa family
+    return head if isinstance(head, torch.nn.Linear) else cast(torch.nn.Linear, head.out_proj)
 
 
 @torch.no_grad()

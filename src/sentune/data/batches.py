@@ -70,6 +70,7 @@ class BatchPlan:
     def _fill(self, order: np.ndarray) -> list[np.ndarray]:
         """Whole examples in `order`, a new batch when the next would pass batch_size rows (a bigger example
         alone is one batch: it cannot be split, `--max-windows` bounds it)."""
+        assert self.sizes is not None  # _cut calls this only for row-sized examples
         cuts, rows = [], 0
         for pos, size in enumerate(self.sizes[order]):
             if rows and rows + size > self.batch_size:
@@ -158,6 +159,7 @@ class Feed:
 
     def _rows(self, docs: np.ndarray) -> dict:
         """The rows (windows) of documents `docs`, and `window_doc`: each row's document within the batch."""
+        assert self.groups is not None  # __iter__ calls this only for windowed data
         rows = self.groups.rows(docs)
         batch = self.collate(rows, self._width(rows))
         batch["window_doc"] = torch.from_numpy(np.repeat(np.arange(len(docs)), self.groups.counts[docs]))

@@ -61,10 +61,10 @@ class Splits:
 
 def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
     """Read, validate, label-map, carve and limit the splits a training run needs."""
-    raw = _raw_splits(data)
-    if raw.get("train") is None:
+    found = _raw_splits(data)
+    if found.get("train") is None:
         raise DataError("no training data: give --train-file, or a --dataset with a train split")
-    raw = {split: part for split, part in raw.items() if part is not None}
+    raw: dict[str, RawSplit] = {split: part for split, part in found.items() if part is not None}
     task = tasks.resolve_task(data.task, raw["train"].labels, raw["train"].source)
     scale = None
     if task == "single_label":
@@ -101,6 +101,7 @@ def load_labelled(path_or_dataset: str, *, split: str = "test", dataset_config: 
 
     Multi-label rows become 0/1 vectors over `label_names`; regression targets stay in their units."""
     path = Path(path_or_dataset)
+    part: RawSplit | None
     if path.is_file():
         part = read_labelled_file(path, text_column, label_column, form)
     elif path.is_dir() or str(path_or_dataset).startswith("package:"):
@@ -273,5 +274,5 @@ def _label_key(label, names: list[str]):
     return label if isinstance(label, float) else names[label]
 
 
-def describe(source: str, rows, names: list[str]) -> dict:
+def describe(source: str, rows: tuple[list[str], list], names: list[str]) -> dict:
     return {"source": source, "rows": len(rows[0]), "fingerprint": fingerprint(*rows, names)}

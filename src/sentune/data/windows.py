@@ -112,7 +112,8 @@ def window_batches(windows: Sequence[list[list[int]]], budget: int) -> Iterator[
     """Document indices per batch: most windows first (little padding), at most `budget` windows a batch
     (a document with more is a batch alone)."""
     order = sorted(range(len(windows)), key=lambda i: (len(windows[i]), max(map(len, windows[i]))), reverse=True)
-    batch, used = [], 0
+    batch: list[int] = []
+    used = 0
     for i in order:
         if batch and used + len(windows[i]) > budget:
             yield batch

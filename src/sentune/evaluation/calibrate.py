@@ -96,6 +96,7 @@ def calibrate_model(
     if validation_file is not None:
         require_file(validation_file, "--validation-file")
     source = validation_file or dataset
+    assert source is not None  # exactly one of the two was checked above
     clf = Classifier.load(model_dir, backend="torch", precision="fp32")  # fitted on exact logits
     if clf.task != "single_label":
         return calibrate_thresholds(clf, model_dir, source, split=split, dataset_config=dataset_config,

@@ -65,6 +65,7 @@ def evaluate_model(
     if test_file is not None:
         require_file(test_file, "--test-file")
     source = dataset if dataset is not None else test_file
+    assert source is not None  # exactly one of the two was checked above
     clf = Classifier.load(model_dir, backend=backend, precision=precision)
     if clf.task != "single_label":  # multi-label / regression: their own metrics (task_metrics.py)
         from sentune.evaluation.task_metrics import evaluate_task

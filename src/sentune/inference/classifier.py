@@ -13,12 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sentune import tasks
 from sentune.data.padding import pad_rows
 from sentune.errors import ModelError
+
+if TYPE_CHECKING:
+    from sentune.inference.windowed import WindowedLogits
 
 ONNX_FILE = "model.onnx"
 BACKENDS = ("auto", "torch", "onnx")
@@ -111,7 +115,7 @@ class TorchRunner:
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load a classification model from {path}: {e}") from None
         self.model = model.to(self.device).eval()
-        self.windowed = None
+        self.windowed: WindowedLogits | None = None
         if pool is not None:  # a windowed model: pool the windows as training did
             from sentune import pooling
             from sentune.inference.windowed import WindowedLogits
@@ -126,6 +130,7 @@ class TorchRunner:
         ids, mask = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(attention_mask).to(self.device)
         with torch.inference_mode():
             if window_mask is not None:
+                assert self.windowed is not None  # window masks come only with a windowed model's settings
                 return self.windowed(ids, mask, torch.from_numpy(window_mask).to(self.device)).float().cpu().numpy()
             out = self.model(input_ids=ids, attention_mask=mask)
         return out.logits.float().cpu().numpy()
@@ -231,6 +236,7 @@ class Classifier:
             raise ModelError(f"cannot load the config or tokenizer from {path}: {e}") from None
         settings = read_settings(str(folder), config, tokenizer)
         precision = inference_precision("bf16" if bf16 else precision, backend, device)
+        runner: OnnxRunner | TorchRunner
         if backend == "onnx":
             runner = OnnxRunner(str(folder), device)
         else:

@@ -9,6 +9,8 @@ runs every window through the encoder, pools each document's first-token states 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -24,8 +26,9 @@ class WindowedLogits(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 window_mask: torch.Tensor) -> torch.Tensor:
         docs, slots, length = input_ids.shape
-        out = self.model.base_model(input_ids=input_ids.reshape(docs * slots, length),
-                                    attention_mask=attention_mask.reshape(docs * slots, length))
+        base = cast(nn.Module, self.model.base_model)
+        out = base(input_ids=input_ids.reshape(docs * slots, length),
+                   attention_mask=attention_mask.reshape(docs * slots, length))
         states = out.last_hidden_state[:, 0].reshape(docs, slots, -1)
         pooled = pooling.pool(states, window_mask.bool(), self.mode, getattr(self.model, pooling.ATTRIBUTE, None))
         return model_lib.head(self.model, pooled)
