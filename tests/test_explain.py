@@ -14,7 +14,7 @@ from tiny_trained import train_tiny
 from sentune import Classifier
 from sentune.cli import main
 from sentune.errors import ConfigError
-from sentune.inference.explain import encode_for_explain, word_of_tokens
+from sentune.inference.explain import encode_for_explain, explain, word_of_tokens
 
 pytest.importorskip("captum", reason="pip install 'sentune[explain]'")
 
@@ -191,10 +191,33 @@ def test_cli_colours_words_on_request_and_names_a_bad_target(sharp_dir):
     assert both.exit_code == 2 and "either TEXT" in both.output
 
 
-def test_a_windowed_model_is_refused_in_one_clear_error(tmp_path, sharp_dir):
-    from sentune.errors import ModelError
+LONG = "great film but the plot was boring and dull and awful to the end, though the cast was brilliant"
 
+
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_a_windowed_model_explains_its_pooled_output_over_every_window(tmp_path, sharp_dir, pool):
     pytest.importorskip("sentune.data.windows", reason="windowed models arrive with issue 15")
-    clf = load_fp32(edit(sharp_dir, tmp_path / "win", long_text="windows"))
-    with pytest.raises(ModelError, match="does not follow windows yet"):
-        clf.explain(["good film"])
+    # 6 content tokens a window, 2 shared: the text is several windows long, and tokens sit in two windows
+    clf = load_fp32(edit(sharp_dir, tmp_path / "win", long_text="windows", max_length=8, stride=2,
+                         max_windows=16, pool=pool))
+    [enc] = encode_for_explain(clf, [LONG])
+    assert enc.windows == clf.encode_windows([LONG])[0] and len(enc.windows) > 3  # what predict reads
+    [record], [pred] = clf.explain([LONG], steps=STEPS), clf.predict([LONG])
+    assert record["words"] == LONG.split() and None not in record["scores"]  # the whole text, not window 1
+    assert record["label"] == pred["label"] and record["score"] == pytest.approx(pred["score"], abs=1e-5)
+    assert record["value"] == pytest.approx(float(clf.logits([LONG])[0][clf.labels.index(pred["label"])]),
+                                            abs=1e-4)  # the pooled document logit
+    assert_complete(record)
+    # Captum batches embedding rows (W per step): one step a pass gives the scores of all steps in one
+    one_step, all_steps = (explain(clf, [LONG], steps=16, tokens_per_pass=n)[0] for n in (1, 10**6))
+    assert one_step["scores"] == pytest.approx(all_steps["scores"], abs=1e-5)
+
+
+def test_windows_beyond_max_windows_leave_their_words_unscored(tmp_path, sharp_dir):
+    pytest.importorskip("sentune.data.windows", reason="windowed models arrive with issue 15")
+    clf = load_fp32(edit(sharp_dir, tmp_path / "cap", long_text="windows", max_length=8, stride=2,
+                         max_windows=2, pool="mean"))
+    record = clf.explain([LONG], steps=STEPS)[0]
+    seen = [s is not None for s in record["scores"]]
+    assert seen[0] and seen[-1] and not all(seen)  # head and tail windows kept, the middle not read
+    assert_complete(record)

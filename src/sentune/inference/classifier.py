@@ -354,7 +354,8 @@ class Classifier:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             # the logit explained is the one predict turns into a score: temperature-scaled, except a regression's
             temperature = None if self.task == "regression" else self.settings.temperature
-            self._explainer = Explainer(torch_model_for(self), pad, temperature)
+            pool = self.settings.pool if self.settings.windows else None
+            self._explainer = Explainer(torch_model_for(self), pad, temperature, pool)
         return self._explainer
 
     def to_predictions(self, probs: np.ndarray) -> list[dict]:

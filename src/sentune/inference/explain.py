@@ -11,6 +11,12 @@ calibration temperature); sub-word tokens are merged into the whitespace-separat
 (normalized) text, so a word carries the sum of its tokens' attributions. A word that truncation cut
 out has score None: the model never saw it.
 
+A model trained with `--long-text windows` is explained through the pooled document output predict
+computes (`inference/windowed.py`): Captum integrates over all of the text's windows at once (inputs
+[1, W, T]; the embedding layer sees [W, T] rows, so one step is W rows), and a token that overlapping
+windows share gets the sum of its scores in every window, so the word scores still sum to
+f(text) - f(baseline).
+
 Steps are batched: one forward/backward pass takes as many interpolation steps as fit in
 `tokens_per_pass` tokens, so a tweet's 32 steps are one pass and a 512-token review's a few.
 """
@@ -35,13 +41,21 @@ class Encoded:
     """One text as the model sees it, with the word each token belongs to (None for special tokens)."""
 
     text: str  # after tweet normalization
-    ids: list[int]
-    token_word: list[int | None]
+    windows: list[list[int]]  # ids the model reads: one sequence, or a windowed model's windows
+    window_words: list[list[int | None]]  # per window, per token
     spans: list[tuple[int, int]]  # character span of every word in `text`
 
     @property
     def words(self) -> list[str]:
         return [self.text[a:b] for a, b in self.spans]
+
+    @property
+    def ids(self) -> list[int]:
+        return [i for window in self.windows for i in window]
+
+    @property
+    def token_word(self) -> list[int | None]:
+        return [w for words in self.window_words for w in words]
 
 
 def word_of_tokens(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int | None]:
@@ -62,9 +76,22 @@ def word_of_tokens(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int
     return out
 
 
+def kept_positions(settings, n: int, budget: int) -> list[list[int]]:
+    """Token positions of each sequence the model reads: its windows, or the one truncated sequence.
+
+    The same rules as `Classifier.encode_windows` / `Classifier.encode` (a test checks the ids match)."""
+    if settings.windows:
+        from sentune.data.windows import window_spans
+
+        return [list(range(a, b)) for a, b in window_spans(n, budget, settings.stride, settings.max_windows)]
+    from sentune.data.text import truncate_ids
+
+    return [truncate_ids(list(range(n)), budget, settings.truncation, settings.head_tokens)]
+
+
 def encode_for_explain(clf, texts: Sequence[str]) -> list[Encoded]:
-    """The classifier's own ids (same normalization and truncation) plus each token's word."""
-    from sentune.data.text import _special_template, encodable, normalize_tweet, truncate_ids
+    """The classifier's own ids (same normalization, truncation or windows) plus each token's word."""
+    from sentune.data.text import _special_template, encodable, normalize_tweet
 
     s, tok = clf.settings, clf.tokenizer
     texts = [encodable(normalize_tweet(t) if s.normalize_tweets else t) for t in texts]
@@ -73,16 +100,19 @@ def encode_for_explain(clf, texts: Sequence[str]) -> list[Encoded]:
     enc = tok(list(texts), add_special_tokens=False, truncation=False, verbose=False, return_offsets_mapping=True)
     out = []
     for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
-        kept = truncate_ids(list(range(len(ids))), budget, s.truncation, s.head_tokens)
         spans = [m.span() for m in WORD.finditer(text)]
-        words = word_of_tokens([offsets[k] for k in kept], spans)
-        out.append(Encoded(text, prefix + [ids[k] for k in kept] + suffix,
-                           [None] * len(prefix) + words + [None] * len(suffix), spans))
+        windows, words = [], []
+        for kept in kept_positions(s, len(ids), budget):
+            windows.append(prefix + [ids[k] for k in kept] + suffix)
+            words.append([None] * len(prefix) + word_of_tokens([offsets[k] for k in kept], spans)
+                         + [None] * len(suffix))
+        out.append(Encoded(text, windows, words, spans))
     return out
 
 
 def merge_to_words(token_scores: np.ndarray, enc: Encoded) -> list[float | None]:
-    """Sum of token scores per word; None for a word with no token in the model's input (truncated)."""
+    """Sum of token scores per word (over every window that holds it); None for a word with no token in
+    the model's input (truncated). `token_scores` follows `enc.token_word`: the windows one after another."""
     scores: list[float | None] = [None] * len(enc.spans)
     for score, w in zip(token_scores.tolist(), enc.token_word, strict=True):
         if w is not None:
@@ -111,7 +141,7 @@ def explained_outputs(task: str, scores: np.ndarray, labels: list[str], target: 
 class Explainer:
     """Integrated gradients for a loaded torch sequence-classification model (fp32: gradients need it)."""
 
-    def __init__(self, model, pad_id: int, temperature: float | None):
+    def __init__(self, model, pad_id: int, temperature: float | None, pool: str | None = None):
         import copy
         import threading
 
@@ -127,36 +157,69 @@ class Explainer:
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
         self.temperature = temperature
+        self.windowed = None
+        if pool is not None:  # a windowed model: explain the pooled output predict computes
+            from sentune.inference.windowed import WindowedLogits
+
+            self.windowed = WindowedLogits(self.model, pool).eval()
         self.ig = LayerIntegratedGradients(self.forward, self.model.get_input_embeddings())
 
-    def forward(self, input_ids, attention_mask):
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids, attention_mask, window_mask=None):
+        if window_mask is None:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        else:  # [docs, windows, tokens]
+            logits = self.windowed(input_ids, attention_mask, window_mask)
         return logits / self.temperature if self.temperature else logits
+
+    def inputs(self, enc: Encoded) -> tuple:
+        """(ids, baseline, forward args): [1, T] for one sequence, [1, W, T] plus the window mask for windows.
+
+        The baseline swaps every content token of every window for the pad token; specials, padding and
+        the masks stay."""
+        torch = self.torch
+        from sentune.data.windows import pad_windows
+
+        ids, mask, window_mask = (torch.from_numpy(a).to(self.device) for a in pad_windows([enc.windows], self.pad_id))
+        content = torch.zeros_like(ids, dtype=torch.bool)
+        for m, words in enumerate(enc.window_words):
+            content[0, m, : len(words)] = torch.tensor([w is not None for w in words], dtype=torch.bool)
+        baseline = torch.where(content, torch.full_like(ids, self.pad_id), ids)
+        if self.windowed is None:  # the plain model reads the one sequence
+            return ids[:, 0], baseline[:, 0], (mask[:, 0],)
+        return ids, baseline, (mask, window_mask)
 
     def attribute(self, enc: Encoded, outputs: list[int], steps: int,
                   tokens_per_pass: int = TOKENS_PER_PASS) -> list[dict]:
         """Per explained output: token scores, f(text), f(baseline) and Captum's convergence delta."""
         torch = self.torch
-        ids = torch.tensor([enc.ids], device=self.device)
-        content = torch.tensor([[w is not None for w in enc.token_word]], device=self.device)
-        baseline = torch.where(content, torch.full_like(ids, self.pad_id), ids)
-        mask = torch.ones_like(ids)
-        per_pass = max(1, min(steps, tokens_per_pass // len(enc.ids)))
+        ids, baseline, args = self.inputs(enc)
+        per_pass = max(1, min(steps, tokens_per_pass // ids.numel()))
         out = []
         with self.lock:
             with torch.no_grad():
-                ends = self.forward(torch.cat([ids, baseline]), torch.cat([mask, mask])).float()
+                ends = self.forward(torch.cat([ids, baseline]), *(torch.cat([a, a]) for a in args)).float()
             for k in outputs:
-                out.append(self.one_output(ids, baseline, mask, k, steps, per_pass))
-        for part in out:
-            part.update(value=float(ends[0, part["output"]]), baseline_value=float(ends[1, part["output"]]))
+                tokens = self.one_output(ids, baseline, args, k, steps, per_pass)
+                value, base = float(ends[0, k]), float(ends[1, k])
+                out.append({"output": k, "tokens": self.unpad(tokens, enc), "value": value,
+                            "baseline_value": base, "delta": float(tokens.sum()) - (value - base)})
         return out
 
-    def one_output(self, ids, baseline, mask, k: int, steps: int, per_pass: int) -> dict:
-        """IG toward output k, `per_pass` interpolation steps per forward/backward pass."""
-        attr, delta = self.ig.attribute(ids, baselines=baseline, target=k, additional_forward_args=(mask,),
-                                        n_steps=steps, internal_batch_size=per_pass, return_convergence_delta=True)
-        return {"output": k, "tokens": attr.sum(-1)[0].detach().float().cpu().numpy(), "delta": float(delta[0])}
+    def one_output(self, ids, baseline, args: tuple, k: int, steps: int, per_pass: int) -> np.ndarray:
+        """IG toward output k: per-token scores [rows, T], `per_pass` interpolation steps per pass.
+
+        Captum batches rows of the embedding layer's output, which for [1, W, T] inputs are the W windows:
+        `internal_batch_size` counts rows, so one step is W of them. Its own convergence delta assumes
+        input and layer rows match, so the delta is computed from the end points instead (same formula)."""
+        rows = ids.shape[1] if ids.dim() == 3 else 1
+        attr = self.ig.attribute(ids, baselines=baseline, target=k, additional_forward_args=args,
+                                 n_steps=steps, internal_batch_size=per_pass * rows)
+        return attr.sum(-1).reshape(rows, -1).detach().float().cpu().numpy()
+
+    @staticmethod
+    def unpad(tokens: np.ndarray, enc: Encoded) -> np.ndarray:
+        """Scores of the real tokens, the windows one after another (as `enc.token_word`)."""
+        return np.concatenate([tokens[m, : len(window)] for m, window in enumerate(enc.windows)])
 
 
 def torch_model_for(clf):
@@ -170,7 +233,8 @@ def torch_model_for(clf):
         return model  # shared with predict; a bf16 one is not converted under its feet
 
     try:
-        return TorchRunner(clf.path, clf.device, "fp32").model
+        s = clf.settings  # a windowed model's attention pool is loaded with it
+        return TorchRunner(clf.path, clf.device, "fp32", pool=s.pool if s.windows else None).model
     except ModelError:
         raise ModelError(f"explain needs PyTorch weights (integrated gradients take gradients); {clf.path} "
                          "has only an ONNX export: explain the folder it was exported from") from None
@@ -182,11 +246,6 @@ def explain(clf, texts: Sequence[str], target: str | None = None, steps: int = D
     from sentune.inference.classifier import check_texts
 
     check_texts(texts)
-    if getattr(clf.settings, "long_text", "truncate") == "windows":
-        # the seam for issue 15's windowed models: their logits pool several windows, which the attribution
-        # would have to integrate through together; explaining one window would misstate the model
-        raise ModelError(f"{clf.path or clf.name} reads long texts in windows (--long-text windows); explain "
-                         "does not follow windows yet, only truncated models (--long-text truncate)")
     if steps < 1:
         raise ConfigError("--steps must be >= 1")
     if target is not None and target not in clf.labels:
