@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_table import summarize  # noqa: E402
+from results_table import read_runs, summarize  # noqa: E402
 
 
 def long_mask(run_dir: Path) -> tuple[np.ndarray, list[int]]:
@@ -70,10 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=LABEL")
     args = parser.parse_args()
-    rows = []
-    for spec in args.runs:
-        path, _, label = spec.partition("=")
-        rows.append(row(Path(path), label or Path(path).name))
+    rows = read_runs(args.runs, row)
     if len({r["data"] for r in rows}) > 1:
         print("warning: the runs did not all use the same data (fingerprints differ)", file=sys.stderr)
     print(table(rows))

@@ -97,14 +97,20 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def read_runs(specs: list[str], read_one) -> list[dict]:
+    """`RUN_DIR` or `RUN_DIR=LABEL` arguments, each read into a table row by `read_one(path, label)`."""
+    rows = []
+    for spec in specs:
+        path, _, label = spec.partition("=")
+        rows.append(read_one(Path(path), label or Path(path).name))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=LABEL")
     args = ap.parse_args()
-    rows = []
-    for spec in args.runs:
-        path, _, label = spec.partition("=")
-        rows.append(summarize(Path(path), label or Path(path).name))
+    rows = read_runs(args.runs, summarize)
     print(markdown(rows))
     if len(rows) > 1:
         splits = ("train", "validation", "test")

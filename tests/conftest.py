@@ -98,6 +98,29 @@ def save_tiny(path: Path, arch: str, num_layers: int = 3, num_labels: int = 2) -
     return path
 
 
+def train_steps(model, feed, k: int, steps: int = 4, dropout: float = 0.0, seed: int = 123) -> dict:
+    """The training loop's core: train mode with the frozen prefix in eval, AdamW over the two groups.
+
+    The same seed gives the same dropout masks in the trainable layers on the cached and uncached paths.
+    Returns every parameter after `steps` batches (frozen ones included, so a comparison covers them too).
+    """
+    import torch
+
+    from sentune import model as M
+
+    M.freeze_layers(model, k)
+    optimizer = M.make_optimizer(M.param_groups(model, 1e-3, 1e-2, 0.01), "cpu")
+    model.train()
+    M.set_frozen_eval(model, k)
+    torch.manual_seed(seed)
+    for batch in [b for epoch in range(2) for b in feed.batches(epoch)][:steps]:
+        loss = torch.nn.functional.cross_entropy(M.forward_logits(model, batch, k, dropout), batch["labels"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_model, build_tokenizer, sentiment_rows
+from conftest import build_model, build_tokenizer, sentiment_rows, train_steps
 
 from sentune import model as M
 from sentune.data.batches import make_feed
@@ -71,21 +71,6 @@ def test_cached_feed_yields_the_same_batches(tokenized, arch, tmp_path):
             assert b["hidden"].shape == (*a["input_ids"].shape, 32) and b["hidden"].dtype == torch.bfloat16
             assert "input_ids" not in b
 
-
-def train_steps(model, feed, k, steps=4) -> dict[str, torch.Tensor]:
-    """The training loop's core: train mode with the frozen prefix in eval, AdamW over the two groups."""
-    M.freeze_layers(model, k)
-    optimizer = M.make_optimizer(M.param_groups(model, 1e-3, 1e-2, 0.01), "cpu")
-    model.train()
-    M.set_frozen_eval(model, k)
-    torch.manual_seed(123)  # same dropout masks in the trainable layers on both paths
-    batches = [b for epoch in range(2) for b in feed.batches(epoch)][:steps]
-    for batch in batches:
-        loss = torch.nn.functional.cross_entropy(M.forward_logits(model, batch, k), batch["labels"])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])

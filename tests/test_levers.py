@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_model, build_tokenizer, sentiment_rows
+from conftest import build_model, build_tokenizer, sentiment_rows, train_steps
 
 from sentune import config
 from sentune import model as M
@@ -28,29 +28,16 @@ def feed_for(arch: str):
     return feed, len(tok)
 
 
-def train_steps(model, feed, dropout: float, steps: int = 4) -> dict[str, torch.Tensor]:
-    M.freeze_layers(model, K)
-    optimizer = M.make_optimizer(M.param_groups(model, 1e-3, 1e-2, 0.01), "cpu")
-    model.train()
-    M.set_frozen_eval(model, K)
-    torch.manual_seed(11)
-    for batch in [b for epoch in range(2) for b in feed.batches(epoch)][:steps]:
-        loss = torch.nn.functional.cross_entropy(M.forward_logits(model, batch, K, dropout), batch["labels"])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_cached_dropout_learns_the_same_with_the_cache_on_or_off(arch):
     feed, vocab = feed_for(arch)
-    plain = train_steps(build_model(arch, vocab_size=vocab), feed, 0.1)
+    plain = train_steps(build_model(arch, vocab_size=vocab), feed, K, dropout=0.1, seed=11)
     model = build_model(arch, vocab_size=vocab)
     cached = cache_lib.cache_feeds(model, K, {"train": feed}, mode="memory", cache_dir=None, fingerprint_parts={},
                                    device="cpu", dtype=torch.float32, log=lambda _: None)
-    fast = train_steps(model, cached["train"], 0.1)
-    without = train_steps(build_model(arch, vocab_size=vocab), feed, 0.0)
+    fast = train_steps(model, cached["train"], K, dropout=0.1, seed=11)
+    without = train_steps(build_model(arch, vocab_size=vocab), feed, K, dropout=0.0, seed=11)
     assert plain.keys() == fast.keys() and plain
     for name in plain:
         torch.testing.assert_close(fast[name], plain[name], atol=1e-6, rtol=0)

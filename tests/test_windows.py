@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_model, build_tokenizer, sentiment_rows
+from conftest import build_model, build_tokenizer, sentiment_rows, train_steps
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -172,19 +172,6 @@ def long_feeds(arch, **kw):
     return {"train": make_feed(windows[:26], labels[:26], batch_size=12, train=True, **common),
             "test": make_feed(windows[26:], labels[26:], batch_size=12, train=False, **common)}
 
-
-def train_steps(model, feed, k, steps=4):
-    M.freeze_layers(model, k)
-    optimizer = M.make_optimizer(M.param_groups(model, 1e-3, 1e-2, 0.01), "cpu")
-    model.train()
-    M.set_frozen_eval(model, k)
-    torch.manual_seed(123)
-    for batch in [b for epoch in range(2) for b in feed.batches(epoch)][:steps]:
-        loss = torch.nn.functional.cross_entropy(M.forward_logits(model, batch, k), batch["labels"])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
