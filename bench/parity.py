@@ -43,6 +43,7 @@ ROWS: dict[str, list[str]] = {
     "no-decay-norm-bias": ["--no-decay-norm-bias"],
     "fp32": ["--precision", "fp32"],
     "cached-dropout-0.1": ["--cached-dropout", "0.1"],
+    "no-length-grouping": ["--length-chunk", "1"],
     "validation-file": [],  # the selection reviews given as --validation-file instead (see sentune_command)
 }
 ROW_HELP = {
@@ -56,6 +57,8 @@ ROW_HELP = {
     "no-decay-norm-bias": "no weight decay on LayerNorm and bias parameters (the usual exclusion)",
     "fp32": "fp32 instead of bf16 autocast",
     "cached-dropout-0.1": "dropout 0.1 on the frozen prefix's output as it enters the trainable layers",
+    "no-length-grouping": "plain shuffled training batches (--length-chunk 1), as the reference's DataLoader, "
+                          "instead of length-sorted ones (dynamic padding kept)",
     "validation-file": "the selection reviews given as --validation-file (must train as `sentune`)",
 }
 

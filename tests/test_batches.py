@@ -81,6 +81,22 @@ def test_length_grouping_cuts_padding():
     assert padded < 0.75 * random_padded
 
 
+def test_length_chunk_1_is_plain_shuffled_batches():
+    """--length-chunk 1: batches are consecutive slices of the epoch's seeded permutation (the reference's
+    shuffled DataLoader), so their lengths are no closer than chance; 50 sorts them (spread within a batch)."""
+    ids, _, plain = feed_of(n=800, batch_size=16, length_chunk=1)
+    _, _, grouped = feed_of(n=800, batch_size=16)
+    for epoch in range(2):
+        batches = [np.sort(b["index"].numpy()) for b in plain.batches(epoch)]
+        perm = np.random.default_rng([0, epoch]).permutation(800)
+        assert sorted(map(tuple, batches)) == sorted(tuple(np.sort(perm[s:s + 16])) for s in range(0, 800, 16))
+
+    def spread(feed):  # mean range of lengths inside a batch
+        return np.mean([np.ptp([len(ids[i]) for i in b["index"]]) for b in feed.batches(0)])
+
+    assert spread(plain) > 3 * spread(grouped)
+
+
 def test_eval_batches_sorted_by_length():
     ids, _, feed = feed_of(train=False)
     lengths = [len(ids[i]) for i in all_indices(feed.batches(0))]

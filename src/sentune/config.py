@@ -84,6 +84,9 @@ class TrainConfig:
                               "regression)")
     seed: int = knob(42, "seed of splits, samples, head init and batch order")
     padding: str = knob("dynamic", "dynamic | max_length (the reference's compute)")
+    length_chunk: int = knob(50, "length grouping: training batches are cut from length-sorted chunks of this "
+                             "many batches (as transformers' LengthGroupedSampler); 1: plain shuffled batches, "
+                             "as the reference")
     pad_to_multiple_of: int = knob(8, "round dynamic padding up to a multiple (tensor-core friendly)")
     cache: str = knob("auto", "auto | memory | disk | off: frozen-layer output cache")
     cache_dir: str | None = knob(None, "default: the user cache directory")
@@ -286,6 +289,7 @@ def validate(cfg: Config) -> None:
          "--stride must be at most half of --max-length (else windows would mostly repeat each other)"),
         (cfg.data.max_windows >= 1, "--max-windows must be >= 1"),
         (0.0 <= cfg.train.cached_dropout < 1.0, "--cached-dropout must be in [0, 1)"),
+        (cfg.train.length_chunk >= 1, "--length-chunk must be at least 1 (1: no length grouping)"),
         (not cfg.train.frozen_dropout or cfg.train.cache in ("auto", "off"),
          "--frozen-dropout changes the frozen layers' output every step, so it cannot be cached: "
          "use --cache off (or auto)"),

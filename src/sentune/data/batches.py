@@ -41,6 +41,7 @@ class BatchPlan:
     train: bool
     seed: int
     sizes: np.ndarray | None = None  # rows (windows) per example: batches then hold <= batch_size rows
+    chunk_batches: int = CHUNK_BATCHES  # 1: no length grouping, plain shuffled batches
 
     def __len__(self) -> int:
         if self.sizes is not None:
@@ -55,7 +56,7 @@ class BatchPlan:
         rng = np.random.default_rng([self.seed, epoch])
         perm = rng.permutation(len(self.lengths))
         keys = self.lengths[perm] * (1.0 + LENGTH_JITTER * rng.random(len(perm)))
-        chunk = self.batch_size * CHUNK_BATCHES
+        chunk = self.batch_size * self.chunk_batches
         batches = []
         for start in range(0, len(perm), chunk):
             part = perm[start:start + chunk]
@@ -173,7 +174,8 @@ def label_array(labels) -> np.ndarray:
 
 
 def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int, train: bool, seed: int,
-              pad_id: int, padding: str = "dynamic", max_length: int, pad_to_multiple_of: int = 8) -> Feed:
+              pad_id: int, padding: str = "dynamic", max_length: int, pad_to_multiple_of: int = 8,
+              length_chunk: int = CHUNK_BATCHES) -> Feed:
     """Token batches: `input_ids` [B, T] (padded with pad_id), `attention_mask` [B, T], `labels`, `index`.
 
     `input_ids` may hold one list of windows per example (`data/windows.py`): batches then carry every window
@@ -181,13 +183,14 @@ def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int,
     """
     if input_ids and input_ids[0] and isinstance(input_ids[0][0], list):
         return _window_feed(input_ids, labels, batch_size=batch_size, train=train, seed=seed, pad_id=pad_id,
-                            padding=padding, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of)
+                            padding=padding, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of,
+                            length_chunk=length_chunk)
     if len(input_ids) != len(labels):
         raise ValueError(f"{len(input_ids)} sequences but {len(labels)} labels")
     lengths = np.fromiter((len(s) for s in input_ids), dtype=np.int64, count=len(input_ids))
     if len(lengths) and lengths.max() > max_length:
         raise ValueError(f"a sequence has {lengths.max()} tokens, more than max_length={max_length}")
-    plan = BatchPlan(lengths, batch_size, train, seed)
+    plan = BatchPlan(lengths, batch_size, train, seed, chunk_batches=length_chunk)
 
     def collate(idx: np.ndarray, width: int) -> dict:
         ids, mask = pad_rows([input_ids[i] for i in idx], width, fill=pad_id)
@@ -198,7 +201,8 @@ def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int,
 
 
 def _window_feed(windows: list[list[list[int]]], labels: list[int], *, batch_size: int, train: bool, seed: int,
-                 pad_id: int, padding: str, max_length: int, pad_to_multiple_of: int) -> Feed:
+                 pad_id: int, padding: str, max_length: int, pad_to_multiple_of: int,
+                 length_chunk: int = CHUNK_BATCHES) -> Feed:
     """A feed of documents made of windows: rows are windows, plans and labels are per document."""
     if len(windows) != len(labels):
         raise ValueError(f"{len(windows)} documents but {len(labels)} labels")
@@ -206,6 +210,7 @@ def _window_feed(windows: list[list[list[int]]], labels: list[int], *, batch_siz
     rows = make_feed(flatten(windows), [0] * len(groups.row_lengths), batch_size=batch_size, train=False,
                      seed=seed, pad_id=pad_id, padding=padding, max_length=max_length,
                      pad_to_multiple_of=pad_to_multiple_of)
-    plan = BatchPlan(groups.doc_tokens(), batch_size, train, seed, sizes=groups.counts)
+    plan = BatchPlan(groups.doc_tokens(), batch_size, train, seed, sizes=groups.counts,
+                     chunk_batches=length_chunk)
     return Feed(plan, label_array(labels), rows.collate, padding=padding, max_length=max_length,
                 pad_to_multiple_of=pad_to_multiple_of, input_ids=rows.input_ids, groups=groups)

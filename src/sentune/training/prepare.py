@@ -193,7 +193,7 @@ def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
 
     return make_feed(ids, labels, batch_size=batch_size, train=train, seed=cfg.train.seed, pad_id=pad_id,
                      padding=cfg.train.padding, max_length=cfg.data.max_length,
-                     pad_to_multiple_of=cfg.train.pad_to_multiple_of)
+                     pad_to_multiple_of=cfg.train.pad_to_multiple_of, length_chunk=cfg.train.length_chunk)
 
 
 def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
