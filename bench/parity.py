@@ -37,6 +37,7 @@ SHARED = REPO.parent / "shared"
 ROWS: dict[str, list[str]] = {
     "sentune": [],
     "frozen-dropout": ["--frozen-dropout", "--cache", "off"],
+    "frozen-dropout-cached": ["--frozen-dropout", "--dropout-samples", "3"],
     "pooler-encoder": ["--pooler", "encoder"],
     "pooler-frozen": ["--pooler", "frozen"],
     "head-init-linear": ["--head-init", "linear"],
@@ -50,7 +51,9 @@ ROW_HELP = {
     "reference": "../shared/reference/seed_loop.py: max-length padding, dropout on in the frozen layers, "
                  "dropout + Linear on [CLS] (no pooler), weight decay on everything",
     "sentune": "sentune's defaults with --select-on test (the reference's selection)",
-    "frozen-dropout": "frozen layers in train mode (their dropout on), so no cache",
+    "frozen-dropout": "frozen layers in train mode (their dropout on), live: no cache",
+    "frozen-dropout-cached": "the same dropout from the cache: 3 seeded runs of the frozen layers with dropout "
+                             "on, epoch e reads run e mod 3 (the cache kept)",
     "pooler-encoder": "the BERT pooler trained at --lr-encoder instead of --lr-head",
     "pooler-frozen": "the BERT pooler left frozen",
     "head-init-linear": "the classifier initialised as torch.nn.Linear (the reference's FC) instead of N(0, 0.02)",

@@ -11,8 +11,7 @@ from conftest import build_model, build_tokenizer, sentiment_rows, train_steps
 
 from sentune import config
 from sentune import model as M
-from sentune.data.batches import make_feed
-from sentune.errors import ConfigError
+from sentune.data.batches import BatchPlan, make_feed, padded_length
 from sentune.training import cache as cache_lib
 from sentune.training.loop import fit
 
@@ -108,10 +107,56 @@ def test_frozen_dropout_trains_the_frozen_layers_in_train_mode(tiny_bert_dir, to
     real = M.forward_prefix
     monkeypatch.setattr(M, "forward_prefix", lambda model, k, *a: (
         modes.append(model.base_model.encoder.layer[0].training), real(model, k, *a))[1])
-    fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, frozen_dropout=True))  # cache auto: turned off
+    fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, frozen_dropout=True, cache="off"))  # live, every step
     assert modes and all(modes[:4])  # every training batch ran the prefix, in train mode
-    with pytest.raises(ConfigError, match="--frozen-dropout"):
-        run_cfg(tiny_bert_dir, toy_files, tmp_path, frozen_dropout=True, cache="memory")
+
+
+def real_rows(feed, epoch: int) -> dict[int, torch.Tensor]:
+    """Example index -> its cached hidden rows (padding cut off), for one epoch of a feed."""
+    out = {}
+    for b in feed.batches(epoch):
+        for row, i in enumerate(b["index"].tolist()):
+            out[i] = b["hidden"][row][b["attention_mask"][row].bool()].float()
+    return out
+
+
+def test_a_dropout_run_of_the_cache_is_the_frozen_layers_in_train_mode_under_its_seed():
+    feed, vocab = feed_for("bert")
+    model = build_model("bert", vocab_size=vocab)
+
+    def build(seed):
+        return cache_lib.cache_feeds(model, K, {"train": feed}, mode="memory", cache_dir=None, device="cpu",
+                                     fingerprint_parts={"dropout_seed": seed}, dtype=torch.float32,
+                                     log=lambda _: None, dropout_seed=seed)["train"]
+
+    state = torch.random.get_rng_state()
+    run = real_rows(build(5), 0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+    (idx,) = BatchPlan(feed.row_lengths, cache_lib.BUILD_BATCH, train=False, seed=0).batches(0)  # one batch of 30
+    batch = feed.collate(idx, padded_length(int(feed.row_lengths[idx].max()), "dynamic", 24, 8))
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        expect = M.forward_prefix(model.train(), K, batch["input_ids"], batch["attention_mask"])
+    for row, i in enumerate(idx.tolist()):
+        assert torch.equal(run[i], expect[row, :feed.row_lengths[i]])
+    other = real_rows(build(6), 0)
+    assert all(not torch.equal(run[i], other[i]) for i in run)  # another seed, another draw
+
+
+def test_frozen_dropout_with_the_cache_reads_a_fresh_dropout_run_each_epoch(tiny_bert_dir, toy_files, tmp_path):
+    flags = {"frozen_dropout": True, "cache": "memory", "dropout_samples": 2, "epochs": 3, "patience": 3}
+    p, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, **flags))
+    epochs = [real_rows(p.feeds["train"], e) for e in range(3)]
+    assert epochs[0].keys() == epochs[1].keys() == epochs[2].keys()
+    assert all(torch.equal(epochs[0][i], epochs[2][i]) for i in epochs[0])  # epoch 2 reads run 2 mod 2 = 0
+    assert all(not torch.equal(epochs[0][i], epochs[1][i]) for i in epochs[0])  # epoch 1: the other run
+    again, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "again", **flags))  # same seed: the same runs
+    assert all(torch.equal(epochs[1][i], x) for i, x in real_rows(again.feeds["train"], 1).items())
+    # the evaluation split is the usual eval-mode cache, as in a run without dropout (own cache folder)
+    plain, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "plain", cache="memory",
+                           cache_dir=str(tmp_path / "plain-cache")))
+    test, plain_test = real_rows(p.feeds["test"], 0), real_rows(plain.feeds["test"], 0)
+    assert test.keys() == plain_test.keys() and all(torch.equal(test[i], plain_test[i]) for i in test)
 
 
 @pytest.mark.parametrize("flags", [{"pooler": "frozen", "head_init": "linear"},

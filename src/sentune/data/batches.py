@@ -173,6 +173,21 @@ def label_array(labels) -> np.ndarray:
     return array.astype(np.float32) if array.dtype.kind == "f" else array.astype(np.int64)
 
 
+class SampledFeed(Feed):
+    """Feeds with one batch plan and different contents (cached runs of the frozen layers with dropout on):
+    epoch e yields the batches of feed e mod N, so N epochs each read fresh dropout."""
+
+    def __init__(self, samples: list[Feed]):
+        first = samples[0]
+        super().__init__(first.plan, first.labels, first.collate, padding=first.padding, max_length=first.max_length,
+                         pad_to_multiple_of=first.pad_to_multiple_of, input_ids=None, groups=first.groups)
+        self.samples = samples
+
+    def batches(self, epoch: int = 0, rank: int = 0, world_size: int = 1,
+                start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        return self.samples[epoch % len(self.samples)].batches(epoch, rank, world_size, start)
+
+
 def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int, train: bool, seed: int,
               pad_id: int, padding: str = "dynamic", max_length: int, pad_to_multiple_of: int = 8,
               length_chunk: int = CHUNK_BATCHES) -> Feed:

@@ -69,12 +69,14 @@ class CacheStore:
 
 def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: str | None,
                 fingerprint_parts: dict, device, dtype: torch.dtype = torch.bfloat16,
-                log: Callable[[str], None] = print, store: CacheStore | None = None) -> dict[str, Feed]:
+                log: Callable[[str], None] = print, store: CacheStore | None = None,
+                dropout_seed: int | None = None) -> dict[str, Feed]:
     """Feeds that yield the same batches as `feeds` but with `hidden` (cached layer-K input) for `input_ids`.
 
     Call on the unwrapped model, after loading and freezing, before training (the model is moved to `device`
     in place); inside an autocast context the prefix runs in that precision. K = 0 or mode `off` returns the
-    feeds unchanged.
+    feeds unchanged. With `dropout_seed` the prefix runs in train mode, its dropout drawn from that seed (one
+    sample of what the frozen layers give with dropout on; the caller's parts must name the sample).
     """
     if k == 0 or mode == "off":
         return dict(feeds)
@@ -93,9 +95,9 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
         tokens = _tokens_digest(feed)
         paths = {j: root / f"prefix-{_digest(key, tokens)}.bin" for j, key in keys.items()}
         find = functools.partial(_find, store, paths, feed, hidden_size, dtype, in_memory)
-        caches[split] = find(k) or _derive(model, k, feed, find, device, dtype, paths[k] if persist else None,
-                                           in_memory) or _build(model, k, feed, device, dtype,
-                                                                paths[k] if persist else None, in_memory)
+        path = paths[k] if persist else None
+        caches[split] = (find(k) or _derive(model, k, feed, find, device, dtype, path, in_memory, dropout_seed)
+                         or _build(model, k, feed, device, dtype, path, in_memory, dropout_seed=dropout_seed))
         if store is not None:
             store.caches[paths[k].name] = caches[split]
             store.events.append({"split": split, "k": k, "status": caches[split].status,
@@ -117,14 +119,15 @@ def _find(store: CacheStore | None, paths: dict[int, Path], feed: Feed, hidden_s
 
 
 def _derive(model, k: int, feed: Feed, find: Callable[[int], SplitCache | None], device, dtype: torch.dtype,
-            path: Path | None, in_memory: bool) -> SplitCache | None:
+            path: Path | None, in_memory: bool, dropout_seed: int | None = None) -> SplitCache | None:
     """Layer-K input from the deepest cached shallower depth J: layers J..K-1 run once, never the prefix."""
     for j in range(k - 1, 0, -1):
         base = find(j)
         if base is None:
             continue
         run = functools.partial(_extra_layers, start=j, stop=k, device=device)
-        cache = _build(model, k, cached_feed(feed, base), device, dtype, path, in_memory, run=run)
+        cache = _build(model, k, cached_feed(feed, base), device, dtype, path, in_memory, run=run,
+                       dropout_seed=dropout_seed)
         return dataclasses.replace(cache, status=f"derived:{j}")
     return None
 
@@ -152,20 +155,20 @@ def _extra_layers(model, batch: dict, *, start: int, stop: int, device) -> torch
 
 # ---- building and reusing ------------------------------------------------------------------------------
 def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | None,
-           in_memory: bool, run: Callable | None = None) -> SplitCache:
+           in_memory: bool, run: Callable | None = None, dropout_seed: int | None = None) -> SplitCache:
     lengths = feed.row_lengths
     offsets = _offsets(lengths)
     shape = (int(lengths.sum()), model.config.hidden_size)
     if in_memory or path is None:
         flat = torch.empty(shape, dtype=dtype)
-        _run_prefix(model, k, feed, device, flat, offsets, run)
+        _run_prefix(model, k, feed, device, flat, offsets, run, dropout_seed)
         if path is not None and not _save_copy(flat, dtype, path, feed):
             path = None  # the copy on disk is only for later runs: this run goes on from memory
         return SplitCache(flat, offsets, lengths, "built", path)
 
     def fill(tmp: Path) -> None:  # larger than the RAM budget: write straight into the file through a memory map
         array = np.lib.format.open_memmap(tmp, "w+", _NUMPY[dtype], shape)
-        _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets, run)
+        _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets, run, dropout_seed)
         array.flush()
         del array
 
@@ -198,13 +201,18 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 
 def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: np.ndarray,
-                run: Callable | None = None) -> None:
-    """Fill `flat` with layer-K inputs; `run(model, batch)` replaces the prefix forward (derivation)."""
+                run: Callable | None = None, dropout_seed: int | None = None) -> None:
+    """Fill `flat` with layer-K inputs; `run(model, batch)` replaces the prefix forward (derivation).
+    With `dropout_seed`: in train mode, dropout drawn from that seed, the caller's random state left as it was."""
     was_training = model.training
-    model.eval()  # the frozen layers are a fixed function only without dropout
+    model.train(dropout_seed is not None)  # eval: the frozen layers are a fixed function only without dropout
     plan = BatchPlan(feed.row_lengths, BUILD_BATCH, train=False, seed=0)
+    rng = torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else [],
+                                enabled=dropout_seed is not None)
     try:
-        with torch.inference_mode():
+        with rng, torch.inference_mode():
+            if dropout_seed is not None:
+                torch.manual_seed(dropout_seed)
             for idx in plan.batches(0):
                 width = padded_length(int(feed.row_lengths[idx].max()), "dynamic", feed.max_length, 8)
                 batch = feed.collate(idx, width)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -198,19 +199,39 @@ def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
 
 def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
     k = cfg.model.freeze_layers
-    if cfg.train.cache == "off" or k == 0 or cfg.train.frozen_dropout:
+    if cfg.train.cache == "off" or k == 0:
         return feeds
     from sentune.training.cache import cache_feeds
 
     # The cache hashes each split's exact token ids and the prefix weights itself, so another seed, LR or
     # epoch count over the same examples reuses it; only what is not in those ids needs naming here.
     parts = {"model": cfg.model.model}
+    log = print if acc.is_local_main_process else (lambda line: None)
+    cache = functools.partial(cache_feeds, model, k, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
+                              device=acc.device, store=store)
     # One process per machine builds the cache file, the others then find it and reuse it; with --cache
     # memory there is no file, so each process builds its own copy.
     with acc.local_main_process_first():
-        return cache_feeds(model, k, feeds, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
-                           fingerprint_parts=parts, device=acc.device, store=store,
-                           log=print if acc.is_local_main_process else (lambda line: None))
+        if not cfg.train.frozen_dropout:
+            return cache(feeds, fingerprint_parts=parts, log=log)
+        return dropout_cache(cfg, cache, feeds, parts, log)
+
+
+def dropout_cache(cfg: Config, cache, feeds: dict, parts: dict, log) -> dict:
+    """--frozen-dropout with the cache: evaluation splits as usual (eval mode), the training split as N seeded
+    runs of the frozen layers with dropout on, epoch e reading run e mod N (`SampledFeed`)."""
+    from sentune.data.batches import SampledFeed
+
+    out = cache({s: f for s, f in feeds.items() if s != "train"}, fingerprint_parts=parts, log=log) \
+        if len(feeds) > 1 else {}
+    n = cfg.train.dropout_samples
+    samples = []
+    for j in range(n):
+        seed = 1_000_003 * cfg.train.seed + j  # the sample's own stream; named in the key, so reruns reuse it
+        samples.append(cache({"train": feeds["train"]}, fingerprint_parts={**parts, "dropout_seed": seed},
+                             dropout_seed=seed, log=lambda line, j=j: log(f"{line} (dropout run {j + 1} of {n})"))
+                       ["train"])
+    return out | {"train": SampledFeed(samples)}
 
 
 def make_loss(cfg: Config, splits) -> torch.nn.Module:
