@@ -76,7 +76,7 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
     Call on the unwrapped model, after loading and freezing, before training (the model is moved to `device`
     in place); inside an autocast context the prefix runs in that precision. K = 0 or mode `off` returns the
     feeds unchanged. With `dropout_seed` the prefix runs in train mode, its dropout drawn from that seed (one
-    sample of what the frozen layers give with dropout on; the caller's parts must name the sample).
+    sample of what the frozen layers give with dropout on, keyed by its seed).
     """
     if k == 0 or mode == "off":
         return dict(feeds)
@@ -88,6 +88,8 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
     need = sum(int(f.row_lengths.sum()) for f in feeds.values()) * hidden_size * itemsize
     in_memory = mode == "memory" or (mode == "auto" and need <= RAM_FRACTION * available_ram())
     persist = mode == "disk" or (mode == "auto" and _disk_has_room(root, need))
+    if dropout_seed is not None:  # a dropout run is another function of the tokens: its own files
+        fingerprint_parts = {**fingerprint_parts, "dropout_seed": dropout_seed}
     keys = _model_keys(model, k, dtype, fingerprint_parts)
     caches = {}
     for split, feed in feeds.items():

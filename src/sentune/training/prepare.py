@@ -208,29 +208,27 @@ def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
     parts = {"model": cfg.model.model}
     log = print if acc.is_local_main_process else (lambda line: None)
     cache = functools.partial(cache_feeds, model, k, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
-                              device=acc.device, store=store)
+                              fingerprint_parts=parts, device=acc.device, store=store)
     # One process per machine builds the cache file, the others then find it and reuse it; with --cache
     # memory there is no file, so each process builds its own copy.
     with acc.local_main_process_first():
         if not cfg.train.frozen_dropout:
-            return cache(feeds, fingerprint_parts=parts, log=log)
-        return dropout_cache(cfg, cache, feeds, parts, log)
+            return cache(feeds, log=log)
+        return dropout_cache(cfg, cache, feeds, log)
 
 
-def dropout_cache(cfg: Config, cache, feeds: dict, parts: dict, log) -> dict:
+def dropout_cache(cfg: Config, cache, feeds: dict, log) -> dict:
     """--frozen-dropout with the cache: evaluation splits as usual (eval mode), the training split as N seeded
     runs of the frozen layers with dropout on, epoch e reading run e mod N (`SampledFeed`)."""
     from sentune.data.batches import SampledFeed
 
-    out = cache({s: f for s, f in feeds.items() if s != "train"}, fingerprint_parts=parts, log=log) \
-        if len(feeds) > 1 else {}
+    out = cache({s: f for s, f in feeds.items() if s != "train"}, log=log) if len(feeds) > 1 else {}
     n = cfg.train.dropout_samples
     samples = []
     for j in range(n):
-        seed = 1_000_003 * cfg.train.seed + j  # the sample's own stream; named in the key, so reruns reuse it
-        samples.append(cache({"train": feeds["train"]}, fingerprint_parts={**parts, "dropout_seed": seed},
-                             dropout_seed=seed, log=lambda line, j=j: log(f"{line} (dropout run {j + 1} of {n})"))
-                       ["train"])
+        seed = 1_000_003 * cfg.train.seed + j  # the sample's own stream; the cache keys it, so reruns reuse it
+        samples.append(cache({"train": feeds["train"]}, dropout_seed=seed,
+                             log=lambda line, j=j: log(f"{line} (dropout run {j + 1} of {n})"))["train"])
     return out | {"train": SampledFeed(samples)}
 
 
