@@ -11,6 +11,7 @@ to score it on test (a separate column); sentune's sweep keeps the chosen trial'
 
     python bench/sweep_speed.py                              # the issue's setting
     python bench/sweep_speed.py --train 200 --val 100 --test 200 --max-length 256   # a scaled one
+    python bench/sweep_speed.py --sides "sentune;sentune:frozen_dropout=true;trainer"  # two sentune settings
 """
 
 from __future__ import annotations
@@ -79,11 +80,26 @@ def sampler_and_pruner(seed: int, n_trials: int):
 
 
 # ---- sentune ---------------------------------------------------------------------------------------------
-def run_sentune(args, paths: dict, sp: dict, out: Path) -> dict:
+def variant(side: str) -> tuple[str, dict]:
+    """`sentune` or `sentune:key=value,key=value` (config fields on top of the fixed part, e.g.
+    `sentune:frozen_dropout=true`): several sentune settings measured against one Trainer run."""
+    name, _, rest = side.partition(":")
+    extra = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        extra[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return name, extra
+
+
+def run_sentune(args, paths: dict, sp: dict, out: Path, extra: dict, label: str) -> dict:
+    import shutil
+
     import sentune
     from sentune import config as config_lib
 
-    cfg = config_lib.resolve(None, None, {
+    for old in ("sentune-sweep", "cache"):  # a second variant starts a new study and builds its own cache
+        shutil.rmtree(out / old, ignore_errors=True)
+    cfg = config_lib.resolve(None, None, {**extra,
         "model": MODEL, "train_file": str(paths["train"]), "validation_file": str(paths["validation"]),
         "test_file": str(paths["test"]), "max_length": args.max_length, "batch_size": args.batch_size,
         "epochs": args.epochs, "patience": args.epochs, "precision": args.precision, "seed": args.seed,
@@ -92,7 +108,7 @@ def run_sentune(args, paths: dict, sp: dict, out: Path) -> dict:
     result = sentune.sweep(cfg, sp, n_trials=args.trials, sampler="tpe", pruner="median")
     wall = time.perf_counter() - t0
     states = [t.state.name for t in result.study.trials]
-    return {"side": "sentune sweep", "wall_s": wall, "retrain_s": 0.0, "complete": states.count("COMPLETE"),
+    return {"side": label, "wall_s": wall, "retrain_s": 0.0, "complete": states.count("COMPLETE"),
             "pruned": states.count("PRUNED"), "best_val": result.best_trial.value,
             "test": result.final_metrics["test"]["accuracy"], "params": result.best_trial.params,
             "trials": trial_rows(result.study.trials)}
@@ -207,12 +223,14 @@ def table(rows: list[dict], args) -> str:
     for r in rows:
         lines.append(f"| {r['side']} | {r['wall_s']:.0f} | {r['retrain_s']:.0f} | {r['complete']} / {r['pruned']} | "
                      f"{r['best_val']:.4f} | {r['test']:.4f} |")
-    if len(rows) == 2:
-        s, t = rows
+    t = next((r for r in rows if r["side"].startswith("Trainer")), None)
+    for s in (r for r in rows if t is not None and r is not t):
         lines.append("")
-        lines.append(f"ratio (Trainer search wall / sentune sweep wall): {t['wall_s'] / s['wall_s']:.2f}x; "
+        lines.append(f"{s['side']}: ratio (Trainer search wall / sentune sweep wall): "
+                     f"{t['wall_s'] / s['wall_s']:.2f}x; "
                      f"with the Trainer's retrain for test: {(t['wall_s'] + t['retrain_s']) / s['wall_s']:.2f}x; "
                      f"best val difference (sentune - Trainer): {100 * (s['best_val'] - t['best_val']):+.2f} points")
+    if t is not None:
         lines.append(f"the most the cache can give on the Trainer's trials (encoder-layer passes, backward = 2 "
                      f"forwards): {work_ratio(t['trials'], args.train, args.val):.2f}x")
     for r in rows:
@@ -236,7 +254,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--precision", default="auto", help="auto: bf16 where the CPU has it natively (both sides)")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--sides", default="sentune,trainer")
+    ap.add_argument("--sides", default="sentune;trainer",
+                    help="';'-separated: sentune, sentune:FIELD=VALUE,... (a variant), trainer")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     from sentune.precision import cpu_has_bf16
@@ -249,8 +268,12 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="sweep-speed-") as tmp:
         root = Path(tmp)
         paths = write_splits(args, root)
-        for side in args.sides.split(","):
-            row = (run_sentune if side == "sentune" else run_trainer)(args, paths, sp, root)
+        for side in args.sides.split(";"):
+            name, extra = variant(side)
+            if name == "sentune":
+                row = run_sentune(args, paths, sp, root, extra, "sentune sweep" + (f" ({side[8:]})" if extra else ""))
+            else:
+                row = run_trainer(args, paths, sp, root)
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(table(rows, args))
