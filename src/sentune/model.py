@@ -84,6 +84,8 @@ def load_model(model_cfg: ModelConfig, label_names: list[str], problem_type: str
                   id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
     if problem_type:
         kwargs["problem_type"] = problem_type
+    if model_cfg.attention_dropout is not None:  # the BERT-family name (every type in SUPPORTED_TYPES)
+        kwargs["attention_probs_dropout_prob"] = model_cfg.attention_dropout
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         try:

@@ -88,8 +88,10 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
     need = sum(int(f.row_lengths.sum()) for f in feeds.values()) * hidden_size * itemsize
     in_memory = mode == "memory" or (mode == "auto" and need <= RAM_FRACTION * available_ram())
     persist = mode == "disk" or (mode == "auto" and _disk_has_room(root, need))
-    if dropout_seed is not None:  # a dropout run is another function of the tokens: its own files
-        fingerprint_parts = {**fingerprint_parts, "dropout_seed": dropout_seed}
+    if dropout_seed is not None:  # a dropout run is another function of the tokens (and of the rates): its own files
+        rates = {name: getattr(model.config, name, None) for name in ("attention_probs_dropout_prob",
+                                                                        "hidden_dropout_prob")}
+        fingerprint_parts = {**fingerprint_parts, "dropout_seed": dropout_seed, **rates}
     keys = _model_keys(model, k, dtype, fingerprint_parts)
     caches = {}
     for split, feed in feeds.items():
