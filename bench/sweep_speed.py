@@ -103,7 +103,8 @@ def run_sentune(args, paths: dict, sp: dict, out: Path, extra: dict, label: str)
         "model": MODEL, "train_file": str(paths["train"]), "validation_file": str(paths["validation"]),
         "test_file": str(paths["test"]), "max_length": args.max_length, "batch_size": args.batch_size,
         "epochs": args.epochs, "patience": args.epochs, "precision": args.precision, "seed": args.seed,
-        "cache": "memory", "cache_dir": str(out / "cache"), "output_dir": str(out / "sentune-sweep")})
+        "cache": "memory", "cache_dir": str(out / "cache"), "output_dir": str(out / "sentune-sweep"),
+        "max_grad_norm": args.max_grad_norm})
     t0 = time.perf_counter()
     result = sentune.sweep(cfg, sp, n_trials=args.trials, sampler="tpe", pruner="median")
     wall = time.perf_counter() - t0
@@ -192,6 +193,7 @@ def run_trainer(args, paths: dict, sp: dict, out: Path) -> dict:
         per_device_eval_batch_size=2 * args.batch_size, eval_strategy="epoch", save_strategy="no",
         logging_strategy="no", report_to="none", train_sampling_strategy="group_by_length",
         bf16=args.precision != "fp32", use_cpu=True, seed=args.seed, lr_scheduler_type="constant",
+        max_grad_norm=args.max_grad_norm,
         disable_tqdm=True, dataloader_num_workers=0)
     trainer = TwoGroupTrainer(model_init=model_init, args=targs, train_dataset=data["train"],
                               eval_dataset=data["validation"], data_collator=collator, compute_metrics=accuracy)
@@ -224,7 +226,7 @@ def table(rows: list[dict], args) -> str:
         lines.append(f"| {r['side']} | {r['wall_s']:.0f} | {r['retrain_s']:.0f} | {r['complete']} / {r['pruned']} | "
                      f"{r['best_val']:.4f} | {r['test']:.4f} |")
     t = next((r for r in rows if r["side"].startswith("Trainer")), None)
-    for s in (r for r in rows if t is not None and r is not t):
+    for s in (r for r in rows if t is not None and not r["side"].startswith("Trainer")):
         lines.append("")
         lines.append(f"{s['side']}: ratio (Trainer search wall / sentune sweep wall): "
                      f"{t['wall_s'] / s['wall_s']:.2f}x; "
@@ -242,6 +244,25 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+SETTING = ("train", "val", "test", "max_length", "trials", "epochs", "batch_size", "precision", "seed",
+           "max_grad_norm")
+
+
+def earlier_rows(args) -> list[dict]:
+    if args.with_rows is None:
+        return []
+    earlier = json.loads(args.with_rows.read_text())
+    rows = earlier["rows"]
+    if "max_grad_norm" not in earlier["args"]:  # before the flag: the Trainer clipped at 1.0, sentune did not
+        earlier["args"]["max_grad_norm"] = 1.0
+        rows = [r for r in rows if r["side"].startswith("Trainer")]
+    theirs = {k: earlier["args"].get(k) for k in SETTING}
+    ours = {k: getattr(args, k) for k in SETTING}
+    if theirs != ours:
+        raise SystemExit(f"--with-rows {args.with_rows}: another setting ({theirs} != {ours})")
+    return [dict(r, side=r["side"] + " (earlier run)") for r in rows]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--imdb", type=Path, default=IMDB, help="folder with train.jsonl.gz and test_dev.jsonl.gz")
@@ -256,7 +277,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--sides", default="sentune;trainer",
                     help="';'-separated: sentune, sentune:FIELD=VALUE,... (a variant), trainer")
+    ap.add_argument("--max-grad-norm", type=float, default=1.0,
+                    help="gradient clipping on both sides (1.0: the Trainer's default; sentune's is off)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--with-rows", type=Path, default=None,
+                    help="add the rows of an earlier --json run of the same setting (e.g. its 30-minute Trainer "
+                         "side) to the table; the setting must match")
     args = ap.parse_args(argv)
     from sentune.precision import cpu_has_bf16
 
@@ -276,6 +302,7 @@ def main(argv=None) -> None:
                 row = run_trainer(args, paths, sp, root)
             print(json.dumps(row), flush=True)
             rows.append(row)
+    rows += earlier_rows(args)
     print(table(rows, args))
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
