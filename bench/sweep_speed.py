@@ -80,15 +80,20 @@ def sampler_and_pruner(seed: int, n_trials: int):
 
 
 # ---- sentune ---------------------------------------------------------------------------------------------
-def variant(side: str) -> tuple[str, dict]:
+def variant(side: str) -> tuple[str, dict, str]:
     """`sentune` or `sentune:key=value,key=value` (config fields on top of the fixed part, e.g.
-    `sentune:frozen_dropout=true`): several sentune settings measured against one Trainer run."""
+    `sentune:frozen_dropout=true`): several sentune settings measured against one Trainer run.
+    Returns the side's name, its extra fields and its label in the table."""
     name, _, rest = side.partition(":")
     extra = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         extra[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return name, extra
+    return name, extra, "sentune sweep" + (f" ({rest})" if rest else "")
+
+
+def is_trainer(row: dict) -> bool:
+    return row["side"].startswith("Trainer")
 
 
 def run_sentune(args, paths: dict, sp: dict, out: Path, extra: dict, label: str) -> dict:
@@ -225,8 +230,8 @@ def table(rows: list[dict], args) -> str:
     for r in rows:
         lines.append(f"| {r['side']} | {r['wall_s']:.0f} | {r['retrain_s']:.0f} | {r['complete']} / {r['pruned']} | "
                      f"{r['best_val']:.4f} | {r['test']:.4f} |")
-    t = next((r for r in rows if r["side"].startswith("Trainer")), None)
-    for s in (r for r in rows if t is not None and not r["side"].startswith("Trainer")):
+    t = next(filter(is_trainer, rows), None)
+    for s in (r for r in rows if t is not None and not is_trainer(r)):
         lines.append("")
         lines.append(f"{s['side']}: ratio (Trainer search wall / sentune sweep wall): "
                      f"{t['wall_s'] / s['wall_s']:.2f}x; "
@@ -255,7 +260,7 @@ def earlier_rows(args) -> list[dict]:
     rows = earlier["rows"]
     if "max_grad_norm" not in earlier["args"]:  # before the flag: the Trainer clipped at 1.0, sentune did not
         earlier["args"]["max_grad_norm"] = 1.0
-        rows = [r for r in rows if r["side"].startswith("Trainer")]
+        rows = list(filter(is_trainer, rows))
     theirs = {k: earlier["args"].get(k) for k in SETTING}
     ours = {k: getattr(args, k) for k in SETTING}
     if theirs != ours:
@@ -295,9 +300,9 @@ def main(argv=None) -> None:
         root = Path(tmp)
         paths = write_splits(args, root)
         for side in args.sides.split(";"):
-            name, extra = variant(side)
+            name, extra, label = variant(side)
             if name == "sentune":
-                row = run_sentune(args, paths, sp, root, extra, "sentune sweep" + (f" ({side[8:]})" if extra else ""))
+                row = run_sentune(args, paths, sp, root, extra, label)
             else:
                 row = run_trainer(args, paths, sp, root)
             print(json.dumps(row), flush=True)
