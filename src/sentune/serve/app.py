@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 from importlib import resources
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError

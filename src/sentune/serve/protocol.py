@@ -23,7 +23,7 @@ class HeadDeadlineH11(H11Protocol):
 
     _head_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._await_head()
 
@@ -46,7 +46,8 @@ class HeadDeadlineH11(H11Protocol):
 
     def _head_late(self, cycle) -> None:
         """No request began since the timer started (a new one makes a new cycle): its head is late."""
-        if self.transport.is_closing() or self.cycle is not cycle or (cycle is not None and not cycle.response_complete):
+        waiting = self.cycle is cycle and (cycle is None or cycle.response_complete)
+        if not waiting or self.transport.is_closing():
             return
         self.transport.write(TIMED_OUT)
         self.transport.close()
