@@ -111,6 +111,12 @@ def test_every_route_outside_the_open_list_needs_the_key(method, path):
         assert r.status_code == 401, (method, path, r.text)
 
 
+def test_without_the_key_a_client_learns_nothing_but_401():
+    with TestClient(create_app(FakeClassifier(), api_keys=[KEY])) as c:
+        r = c.post("/predict", content=b"x" * 10, headers={"content-type": "text/plain", "content-length": "99999999"})
+        assert r.status_code == 401  # not 415 or 413: what the routes accept is for key holders
+
+
 def test_the_key_is_needed_under_uvicorns_root_path():
     app = create_app(FakeClassifier(), api_keys=[KEY], policy=Policy(read_timeout=READ_TIMEOUT))
     with uvicorn_serving(app, Policy(), root_path="/api") as port:

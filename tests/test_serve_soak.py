@@ -1,5 +1,6 @@
 """`sentune serve` as a real process on loopback: a short soak with faults, /explain load, slow clients and
-SIGTERM (bench/serve_soak.py's checks, a few seconds long), and `--workers 2` starting, sharing one /metrics and stopping cleanly."""
+SIGTERM (bench/serve_soak.py's checks, a few seconds long), and `--workers 2` starting, sharing one /metrics
+and stopping cleanly."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
 """What a request must be before the app reads it: for this server (Host, Origin), JSON, in time, in size.
 
-`RequestGuard` refuses, before any body is read: a foreign `Host` when the server is bound to loopback
-(421: a DNS-rebinding page in a browser names its own host), a cross-site `Origin` there (403), and a
-POST/PUT/PATCH whose body is not JSON (415): a browser sends `text/plain` and form posts from any page
-without asking, JSON only after a CORS preflight, which this server never grants. `BodyGuard` bounds
-the body a route reads: a declared `Content-Length` over the limit is 413 before a byte is read, a
-streamed body is counted as it arrives, and a body that is not complete within `timeout` seconds is 408.
-Both close the connection, so the rest of a refused body is never read. Routes that take no body never
-read it, so neither limit nor wait applies to them (`POST /nope` is answered 404 at once).
+`RequestGuard` (outside the API key check) refuses a foreign `Host` when the server is bound to loopback
+(421: a DNS-rebinding page in a browser names its own host) and a cross-site `Origin` there (403).
+`BodyGuard` (inside it) refuses a POST/PUT/PATCH whose body is not declared JSON (415: a browser sends
+`text/plain` and form posts from any page without asking, JSON only after a CORS preflight, which this
+server never grants), and bounds the body a route reads: a declared `Content-Length` over the limit is
+413 before a byte is read, a streamed body is counted as it arrives, and a body that is not complete
+within `timeout` seconds is 408. Refusals close the connection, so the rest of a refused body is never
+read. Routes that take no body never read it, so neither limit nor wait applies to them (`POST /nope` is
+answered 404 at once).
 """
 
 from __future__ import annotations
@@ -54,39 +55,37 @@ def hostname(authority: str) -> str | None:
 
 
 class RequestGuard:
-    """ASGI middleware: this server's Host and Origin (when `allowed_hosts` is given), JSON bodies only."""
+    """ASGI middleware: this server's Host and Origin, when `allowed_hosts` is given (else it passes all)."""
 
     def __init__(self, app, allowed_hosts: list[str] | None = None):
         self.app = app
         self.allowed = None if allowed_hosts is None else frozenset(h.lower().strip("[]") for h in allowed_hosts)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.allowed is None:
             return await self.app(scope, receive, send)
-        refusal = self.refusal(scope, Headers(scope=scope))
+        refusal = self.refusal(Headers(scope=scope))
         if refusal is not None:
             return await refusal(scope, receive, send)
         return await self.app(scope, receive, send)
 
-    def refusal(self, scope, headers: Headers) -> JSONResponse | None:
-        if self.allowed is not None:
-            host = headers.get("host", "")
-            if hostname(host) not in self.allowed:
-                return error(421, f"Host {host!r} is not this server (served on loopback for "
-                                  f"{', '.join(sorted(self.allowed))} only)", headers=CLOSE)
-            origin = headers.get("origin")
-            if origin is not None and hostname(urlsplit(origin).netloc) not in self.allowed:
-                return error(403, f"cross-site request from Origin {origin!r} refused")
-        if scope["method"] in BODY_METHODS and not is_json(headers.get("content-type")):
-            return error(415, f"{route_path(scope)} takes a JSON body: send the header "
-                              "'Content-Type: application/json' (curl: --json '{...}')", headers=CLOSE)
+    def refusal(self, headers: Headers) -> JSONResponse | None:
+        assert self.allowed is not None
+        host = headers.get("host", "")
+        if hostname(host) not in self.allowed:
+            return error(421, f"Host {host!r} is not this server (served on loopback for "
+                              f"{', '.join(sorted(self.allowed))} only)", headers=CLOSE)
+        origin = headers.get("origin")
+        if origin is not None and hostname(urlsplit(origin).netloc) not in self.allowed:
+            return error(403, f"cross-site request from Origin {origin!r} refused")
         return None
 
 
 class BodyGuard:
-    """ASGI middleware: the body a route reads is at most `max_bytes`, complete within `timeout` seconds."""
+    """ASGI middleware: a body is declared JSON, and the body a route reads is at most `max_bytes`,
+    complete within `timeout` seconds."""
 
-    def __init__(self, app, max_bytes: int, timeout: float | None):
+    def __init__(self, app, max_bytes: int, timeout: float):
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
@@ -94,6 +93,10 @@ class BodyGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["method"] in BODY_METHODS and not is_json(Headers(scope=scope).get("content-type")):
+            refusal = error(415, f"{route_path(scope)} takes a JSON body: send the header "
+                                 "'Content-Type: application/json' (curl: --json '{...}')", headers=CLOSE)
+            return await refusal(scope, receive, send)
         return await self.app(scope, BoundedBody(receive, self.max_bytes, self.timeout, scope), send)
 
 
@@ -102,7 +105,7 @@ class BoundedBody:
     body is incomplete; once it is complete, passes straight through (a handler waiting for a disconnect
     waits as long as it likes)."""
 
-    def __init__(self, receive, max_bytes: int, timeout: float | None, scope):
+    def __init__(self, receive, max_bytes: int, timeout: float, scope):
         self.receive, self.max_bytes, self.timeout = receive, max_bytes, timeout
         declared = Headers(scope=scope).get("content-length", "")
         self.declared = int(declared) if declared.isdigit() else None
@@ -115,11 +118,10 @@ class BoundedBody:
         if self.declared is not None and self.declared > self.max_bytes:
             raise self.too_big()
         loop = asyncio.get_running_loop()
-        if self.deadline is None and self.timeout is not None:
+        if self.deadline is None:
             self.deadline = loop.time() + self.timeout
-        left = None if self.deadline is None else max(0.0, self.deadline - loop.time())
         try:
-            message = await asyncio.wait_for(self.receive(), left)
+            message = await asyncio.wait_for(self.receive(), max(0.0, self.deadline - loop.time()))
         except asyncio.TimeoutError:
             raise HTTPException(408, f"request body not received within {self.timeout:g} s",
                                 headers=CLOSE) from None

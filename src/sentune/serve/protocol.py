@@ -41,7 +41,7 @@ class HeadDeadlineH11(H11Protocol):
             self._head_timer.cancel()
         if self.transport.is_closing():
             return
-        seconds = float(self.app_state.get(READ_TIMEOUT_STATE) or DEFAULT_READ_TIMEOUT)
+        seconds = float(self.app_state.get(READ_TIMEOUT_STATE, DEFAULT_READ_TIMEOUT))
         self._head_timer = self.loop.call_later(seconds, self._head_late, self.cycle)
 
     def _head_late(self, cycle) -> None:
