@@ -104,7 +104,8 @@ def request_head(method: str, path: str, length: int | None = None, host: str = 
 
 # ---- 1. the API key wherever the app is mounted ---------------------------------------------------------
 @pytest.mark.parametrize("method, path", [("POST", "/predict"), ("POST", "/explain"), ("GET", "/metadata"),
-                                          ("GET", "/nope"), ("POST", "/nope"), ("GET", "/predict/")])
+                                          ("GET", "/nope"), ("POST", "/nope"), ("GET", "/predict/"),
+                                          ("POST", "/"), ("POST", "/health"), ("PUT", "/static/app.js")])
 def test_every_route_outside_the_open_list_needs_the_key(method, path):
     with TestClient(create_app(FakeClassifier(), api_keys=[KEY])) as c:
         r = c.request(method, path, json={"text": "x"})

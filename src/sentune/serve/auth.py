@@ -1,12 +1,12 @@
 """API keys: `Authorization: Bearer KEY` on every route but an explicit open list (deny by default).
 
-The open list is probes, metrics, the page with its static files and the API docs; it is matched on the
-route path relative to the app's `root_path`, so the same routes stay protected under
-`uvicorn --root-path /api` or inside `Mount("/ml", app)`. Keys come from `--api-key` (repeatable; shows in
-`ps`), `SENTUNE_API_KEY` (whitespace-separated, read once and removed from the environment) and
-`--api-keys-file` (one per line, `#` comments; a warning when others may read it). Every key is compared
-with `hmac.compare_digest`, all of them every time, so neither a key's content nor which key matched
-shows in the response time. Keys are never logged.
+The open list is probes, metrics, the page with its static files and the API docs, to read only
+(GET/HEAD); it is matched on the route path relative to the app's `root_path`, so the same routes stay
+protected under `uvicorn --root-path /api` or inside `Mount("/ml", app)`. Keys come from `--api-key`
+(repeatable; shows in `ps`), `SENTUNE_API_KEY` (whitespace-separated, read once and removed from the
+environment) and `--api-keys-file` (one per line, `#` comments; a warning when others may read it).
+Every key is compared with `hmac.compare_digest`, all of them every time, so neither a key's content
+nor which key matched shows in the response time. Keys are never logged.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from pathlib import Path
 from sentune.errors import ConfigError
 
 KEY_ENV = "SENTUNE_API_KEY"
-# no key needed: probes, metrics, the page (its script asks for the key) and the API description
+# no key needed, to read only (GET/HEAD: a `POST /` is an API call like any other): probes, metrics,
+# the page (its script asks for the key) and the API description
+OPEN_METHODS = frozenset({"GET", "HEAD"})
 OPEN = frozenset({"/health", "/ready", "/metrics", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json",
                   "/redoc"})
 OPEN_PREFIXES = ("/static/",)
@@ -42,8 +44,8 @@ def route_path(scope) -> str:
     return path[len(root):] if path[len(root)] == "/" else path
 
 
-def is_open(path: str) -> bool:
-    return path in OPEN or path.startswith(OPEN_PREFIXES)
+def is_open(method: str, path: str) -> bool:
+    return method in OPEN_METHODS and (path in OPEN or path.startswith(OPEN_PREFIXES))
 
 
 def load_api_keys(keys: Iterable[str] = (), keys_file: str | None = None,
@@ -108,7 +110,7 @@ class ApiKeyAuth:
         self.keys = [k.encode() for k in keys]
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.keys or is_open(route_path(scope)):
+        if scope["type"] != "http" or not self.keys or is_open(scope["method"], route_path(scope)):
             return await self.app(scope, receive, send)
         token = bearer_token(scope["headers"])
         if token is not None and key_matches(token, self.keys):
