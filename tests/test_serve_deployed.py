@@ -206,6 +206,16 @@ def test_connections_past_the_limit_get_503():
                 s.close()
 
 
+def test_a_request_head_growing_past_16_kib_is_refused():
+    policy = Policy(read_timeout=30.0)
+    head = request_head("GET", "/health", extra=f"X-Big: {'a' * 20_000}\r\n")
+    with uvicorn_serving(create_app(FakeClassifier(), policy=policy), policy) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(head[:17_000])  # an incomplete head already over the limit: refused without the rest
+            got = s.recv(65536)
+    assert got.startswith(b"HTTP/1.1 400")
+
+
 def test_uvicorn_gets_bounded_connections_and_the_deadline_protocol():
     options = launch.uvicorn_options(Policy(max_connections=7), "127.0.0.1", 8000)
     assert options["limit_concurrency"] == 7 and options["http"].__name__ == "HeadDeadlineH11"

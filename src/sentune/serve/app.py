@@ -28,7 +28,7 @@ from sentune.serve.auth import ApiKeyAuth
 from sentune.serve.batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown, estimate_tokens
 from sentune.serve.guard import BodyGuard, RequestGuard, error
 from sentune.serve.observe import Metrics, Observe
-from sentune.serve.protocol import READ_TIMEOUT_STATE
+from sentune.serve.protocol import DEFAULT_READ_TIMEOUT, READ_TIMEOUT_STATE
 
 
 class PredictRequest(BaseModel):
@@ -122,7 +122,7 @@ class Policy(BaseModel):
     request_timeout: float | None = 30.0  # seconds a request may wait; past it, 503
     max_batch_tokens: int | None = 8192  # estimated tokens per model call
     graceful_timeout: float = 10.0  # seconds from SIGTERM to exit
-    read_timeout: float = 10.0  # seconds a client has to send its request head, and then its body
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # seconds a client has to send its request head, and then its body
     max_connections: int | None = 256  # connections served at once per worker; past it, 503
     explain_max_queue: int | None = 16  # texts waiting to be explained; past it, 429
 

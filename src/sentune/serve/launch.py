@@ -10,7 +10,7 @@ The workers share the listening socket; the kernel spreads connections over them
 Slow clients: at most `policy.max_connections` connections per worker are served (uvicorn's
 `limit_concurrency`, 503 past it), a request head must arrive within `policy.read_timeout` seconds
 (serve/protocol.py) and so must its body (serve/guard.py), an idle keep-alive connection is closed after
-5 s, and a request head is at most 16 KiB (h11's limit: 431/400 past it).
+5 s, and a request head is at most 16 KiB (h11's limit: 400 and close past it).
 """
 
 from __future__ import annotations
