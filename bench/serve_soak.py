@@ -1,13 +1,16 @@
-"""Soak and fault test for `sentune serve`: many clients mixing valid, oversized, malformed, unauthenticated
-and hang-up requests, then SIGTERM under load. Loopback only; every loop is bounded in time and count.
+"""Soak and fault test for `sentune serve`: many clients mixing valid, oversized, malformed, unauthenticated,
+hang-up and /explain requests, slow clients trickling their headers or bodies, then SIGTERM under load.
+Loopback only; every loop is bounded in time and count.
 
     python bench/serve_soak.py --model RUN/best --clients 64 --seconds 60          # the issue's soak
     python bench/serve_soak.py --model RUN/best --clients 64 --seconds 60 --workers 2
 
 It starts its own `sentune serve` (with an API key, JSON access log, small queue) and checks:
   * no 5xx except 503 from timed-out requests or shutdown; every response JSON with the sent X-Request-ID;
-  * /metrics request counts equal the access log's, and the access log agrees with what each client saw
-    (a client that hung up may be logged 499 or answered too late; nothing else may differ);
+  * /metrics request counts equal the access log's (/predict and /explain), and the access log agrees with
+    what each client saw (a client that hung up may be logged 499 or answered too late; nothing else may differ);
+  * /explain under load answers 200, or 429 (its own bounded line) / 503 (timeout), never holds up /predict;
+  * every slow client (a header line, or a byte of body, per second) is cut off within --read-timeout + 2.5 s;
   * RSS at the end within 10 % of RSS after warm-up; the server alive after the soak;
   * SIGTERM during load: every request the server took in was answered (finished or 503), none was
     dropped, and the server exited within --graceful-timeout.
@@ -40,14 +43,17 @@ TWEETS = REPO.parent / "shared" / "data" / "tweeteval_sentiment" / "test_dev.jso
 KEY = "soak-key-0123456789abcdef"
 # kind: weight. "valid" answers 200 (or 429 / 503 under load); the rest have one right answer.
 MIX = {"valid": 50, "bulk": 5, "oversized": 6, "too_many": 5, "malformed": 6, "wrong_type": 4,
-       "no_key": 6, "wrong_key": 4, "hang_up": 14}
+       "no_key": 6, "wrong_key": 4, "hang_up": 14, "explain": 4, "not_json": 2}
 EXPECTED = {"oversized": {413}, "too_many": {422}, "malformed": {400}, "wrong_type": {422},
             "no_key": {401}, "wrong_key": {401}, "valid": {200, 429, 503}, "bulk": {200, 429, 503},
-            "hang_up": {200, 429, 503}}
+            "hang_up": {200, 429, 503}, "explain": {200, 429, 503}, "not_json": {415}}
+ROUTES = ("/predict", "/explain")
+READ_TIMEOUT = 2.0
 # fp32 pinned: on this CPU `--precision auto` is bf16, whose RSS kept growing under the mix of batch shapes
 # (docs/benchmarks.md, "Soak and fault test"); the soak measures the service, not that open problem
 SERVER_FLAGS = ["--max-queue", "128", "--request-timeout", "10", "--max-texts", "64", "--max-body-bytes", "65536",
-                "--graceful-timeout", "8", "--precision", "fp32"]
+                "--graceful-timeout", "8", "--precision", "fp32", "--read-timeout", str(READ_TIMEOUT),
+                "--explain-max-queue", "4", "--explain-steps", "8", "--explain-max-chars", "2000"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", required=True, help="model folder to serve")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--slow-clients", type=int, default=16, help="connections trickling headers or bodies")
     ap.add_argument("--seconds", type=float, default=60.0, help="soak phase")
     ap.add_argument("--warmup-seconds", type=float, default=10.0, help="valid and bulk load before the RSS baseline")
     ap.add_argument("--term-seconds", type=float, default=10.0, help="load after which SIGTERM comes, at 1/3")
@@ -137,6 +144,10 @@ def request_for(kind: str, texts: list[str], rng: random.Random) -> dict:
         return {"json": {"texts": pick(65)}, "headers": auth}
     if kind == "malformed":
         return {"content": b'{"texts": ["unterminated', "headers": {**auth, "Content-Type": "application/json"}}
+    if kind == "not_json":  # what a cross-site form or text/plain post would send
+        return {"content": json.dumps({"text": pick(1)[0]}).encode(), "headers": {**auth, "Content-Type": "text/plain"}}
+    if kind == "explain":
+        return {"json": {"text": pick(1)[0]}, "headers": auth}
     if kind == "wrong_type":
         return {"json": {"texts": [1, 2, 3]}, "headers": auth}
     if kind == "no_key":
@@ -148,7 +159,7 @@ async def one_request(http: httpx.AsyncClient, kind: str, rid: str, texts, rng) 
     req = request_for(kind, texts, rng)
     req["headers"] = {**req.get("headers", {}), "X-Request-ID": rid}
     record = {"id": rid, "kind": kind}
-    call = http.post("/predict", **req)
+    call = http.post("/explain" if kind == "explain" else "/predict", **req)
     try:
         r = await (asyncio.wait_for(call, rng.uniform(0.01, 0.3)) if kind == "hang_up" else call)
     except asyncio.TimeoutError:
@@ -159,8 +170,8 @@ async def one_request(http: httpx.AsyncClient, kind: str, rid: str, texts, rng) 
     try:
         body = r.json()
         n = len(req["json"].get("texts") or [1]) if "json" in req else 0
-        record["well_formed"] = (len(body["predictions"]) == n if r.status_code == 200
-                                 else isinstance(body.get("error"), str))
+        answers = body.get("explanations" if kind == "explain" else "predictions")
+        record["well_formed"] = len(answers) == n if r.status_code == 200 else isinstance(body.get("error"), str)
         record["error"] = body.get("error")
     except (ValueError, KeyError, TypeError, AttributeError):
         record["well_formed"] = False
@@ -194,15 +205,48 @@ async def load(url: str, clients: int, seconds: float, max_requests: int, texts:
     return records
 
 
-def metrics_counts(url: str) -> Counter:
+def metrics_counts(url: str, route: str = "/predict") -> Counter:
     from prometheus_client.parser import text_string_to_metric_families
 
     out: Counter = Counter()
     for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
         for s in family.samples:
-            if s.name == "sentune_requests_total" and s.labels["route"] == "/predict":
+            if s.name == "sentune_requests_total" and s.labels["route"] == route:
                 out[s.labels["status"]] += int(s.value)
     return out
+
+
+async def slow_client(port: int, kind: str, seconds: float, patience: float) -> list[float]:
+    """One connection after another that trickles its request head ("slow_head") or its body ("slow_body"),
+    a piece a second, until the server answers or closes; the seconds each connection was held.
+    Each connection gives up after `patience` seconds (the check then fails): bounded either way."""
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{\"text\": \"").encode()
+    held: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        began = time.monotonic()
+        writer.write(head if kind == "slow_body" else b"POST /predict HTTP/1.1\r\n")
+        with contextlib.suppress(ConnectionError, OSError):
+            while time.monotonic() - began < patience:
+                writer.write(b"x" if kind == "slow_body" else b"X-Slow: 1\r\n")
+                await writer.drain()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(reader.read(4096), 1.0)  # an answer (408) or the close
+                    break
+        held.append(time.monotonic() - began)
+        writer.close()
+    return held
+
+
+async def with_slow_clients(url: str, port: int, args, texts: list[str], mix: dict, phase: str):
+    """The closed-loop load and, alongside, `args.slow_clients` slow connections (half heads, half bodies)."""
+    kinds = ["slow_head", "slow_body"] * args.slow_clients
+    slow = [slow_client(port, kind, args.seconds, 3 * READ_TIMEOUT + 5) for kind in kinds[: args.slow_clients]]
+    records, *held = await asyncio.gather(load(url, args.clients, args.seconds, args.max_requests, texts, mix, phase),
+                                          *slow)
+    return records, [t for each in held for t in each]
 
 
 def check_records(records: list[dict], logged: dict[str, object], allow_transport: bool) -> dict[str, bool]:
@@ -237,26 +281,32 @@ def summary(records: list[dict], seconds: float) -> dict:
 
 def soak(server: Server, args, texts: list[str]) -> tuple[dict, dict[str, bool]]:
     """Warm-up (valid load), RSS baseline, the mixed soak, then counts and memory compared."""
-    # the warm-up sends the soak's valid and bulk shapes, so the baseline has seen the largest batches
-    warm_mix = {"valid": MIX["valid"], "bulk": MIX["bulk"]}
+    # the warm-up sends the soak's valid, bulk and explain shapes, so the baseline has seen the largest
+    # batches and holds the explainer's float32 model copy (built on the first /explain)
+    warm_mix = {"valid": MIX["valid"], "bulk": MIX["bulk"], "explain": MIX["explain"]}
     asyncio.run(load(server.url, args.clients, args.warmup_seconds, args.max_requests, texts, warm_mix, "warm"))
     rss_start = server.rss_mib()
     began = time.monotonic()
-    records = asyncio.run(load(server.url, args.clients, args.seconds, args.max_requests, texts, MIX, "soak"))
+    records, held = asyncio.run(with_slow_clients(server.url, server.port, args, texts, MIX, "soak"))
     elapsed = time.monotonic() - began
     time.sleep(0.5)  # let the last hung-up requests reach the log
     rss_end = server.rss_mib()
-    entries = [e for e in server.access_log() if e["path"] == "/predict"]
+    entries = [e for e in server.access_log() if e["path"] in ROUTES]
     logged = {e["request_id"]: e["status"] for e in entries}
-    from_log = Counter(str(e["status"]) for e in entries)
-    from_metrics = metrics_counts(server.url)
+    from_log = {route: Counter(str(e["status"]) for e in entries if e["path"] == route) for route in ROUTES}
+    from_metrics = {route: metrics_counts(server.url, route) for route in ROUTES}
     checks = check_records([r for r in records], logged, allow_transport=False)
     checks["/metrics counts == access log counts"] = from_metrics == from_log
+    checks[f"every slow client cut off within {READ_TIMEOUT + 2.5:g} s"] = bool(held) == bool(args.slow_clients) \
+        and max(held, default=0) <= READ_TIMEOUT + 2.5
     checks["RSS at the end within 10 % of after warm-up"] = rss_end <= 1.10 * rss_start
     checks["server alive after the soak"] = server.proc.poll() is None and httpx.get(
         server.url + "/health", timeout=10).status_code == 200
     info = {**summary(records, elapsed), "rss_after_warmup_mib": round(rss_start, 1),
-            "rss_end_mib": round(rss_end, 1), "metrics_predict_by_status": dict(sorted(from_metrics.items()))}
+            "rss_end_mib": round(rss_end, 1), "slow_connections": len(held),
+            "slow_held_max_s": round(max(held, default=0), 2),
+            "metrics_predict_by_status": dict(sorted(from_metrics["/predict"].items())),
+            "metrics_explain_by_status": dict(sorted(from_metrics["/explain"].items()))}
     return info, checks
 
 
@@ -307,7 +357,8 @@ def main(argv=None) -> int:
     finally:
         server.stop()
     source = args.data if Path(args.data).exists() else f"synthetic sentences (no {args.data})"
-    print(f"\n{args.clients} clients, soak {args.seconds:g} s, --workers {args.workers}, model {args.model}, "
+    print(f"\n{args.clients} clients + {args.slow_clients} slow ones, soak {args.seconds:g} s, "
+          f"--workers {args.workers}, model {args.model}, "
           f"texts {source}; load average {os.getloadavg()[0]:.1f}; server flags {' '.join(SERVER_FLAGS)}")
     report("soak", soak_info, soak_checks)
     report("SIGTERM under load", term_info, term_checks)

@@ -38,8 +38,9 @@ def classifier(tiny_bert_dir):
 @pytest.fixture(scope="module")
 def client(classifier):
     limits = Limits(max_body_bytes=64_000, max_texts=16, max_chars=2_000)
+    # every body is declared JSON (as a client must): what is inside it is the fuzzed part
     with TestClient(create_app(classifier, max_batch=8, max_wait_ms=1, limits=limits),
-                    raise_server_exceptions=False) as c:
+                    raise_server_exceptions=False, headers={"Content-Type": "application/json"}) as c:
         yield c
 
 

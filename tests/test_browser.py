@@ -63,9 +63,12 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server_url(model_dir):
     from sentune.inference.classifier import Classifier
-    from sentune.serve import Limits, create_app
+    from sentune.serve import Limits, create_app, launch
 
-    with running_server(create_app(Classifier.load(model_dir), limits=Limits(max_chars=500))) as url:
+    # as `sentune serve` runs it on loopback: the page's requests must pass the Host/Origin and JSON checks
+    app = create_app(Classifier.load(model_dir), limits=Limits(max_chars=500),
+                     allowed_hosts=launch.allowed_hosts("127.0.0.1"))
+    with running_server(app) as url:
         yield url
 
 

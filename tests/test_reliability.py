@@ -353,5 +353,6 @@ def test_serve_binds_localhost_unless_told(tiny_bert_dir, monkeypatch):
     assert result.exit_code == 0 and hosts == ["127.0.0.1", "0.0.0.0"]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "without an API key" in warnings[0] and "0.0.0.0" in warnings[0]
-    keyed = CliRunner().invoke(main, ["serve", str(tiny_bert_dir), "--host", "0.0.0.0", "--api-key", "k" * 24])
+    keyed = CliRunner().invoke(main, ["serve", str(tiny_bert_dir), "--host", "0.0.0.0"],
+                               env={"SENTUNE_API_KEY": "k" * 24})
     assert keyed.exit_code == 0 and "warning:" not in keyed.stderr  # a key is the safe network setting

@@ -40,9 +40,21 @@ def test_predict_texts_matches_the_classifier(client, classifier):
         assert sum(g["probs"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_json_without_json_content_type_is_accepted(client):
-    r = client.post("/predict", content=b'{"text": "good film"}',
-                    headers={"content-type": "application/x-www-form-urlencoded"})
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data",
+                                          "text/plain; charset=utf-8; x=application/json", None])
+@pytest.mark.parametrize("path", ["/predict", "/explain"])
+def test_a_body_that_is_not_declared_json_is_415(client, path, content_type):
+    # what a web page may send cross-site without a CORS preflight (text/plain, forms) never reaches the model
+    headers = {} if content_type is None else {"content-type": content_type}
+    r = client.post(path, content=b'{"text": "good film"}', headers=headers)
+    assert r.status_code == 415, r.text
+    assert "application/json" in r.json()["error"] and r.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON", "application/merge-patch+json"])
+def test_json_content_types_are_accepted(client, content_type):
+    r = client.post("/predict", content=b'{"text": "good film"}', headers={"content-type": content_type})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
 
 
@@ -72,7 +84,7 @@ def test_health_metadata_docs_and_page(client, classifier):
 BAD_REQUESTS = {
     "malformed JSON": (400, dict(content=b'{"texts": ["a",', headers={"content-type": "application/json"})),
     "not JSON at all": (400, dict(content=b"hello", headers={"content-type": "application/json"})),
-    "malformed JSON, form content type": (400, dict(content=b"{bad", headers={"content-type": "text/plain"})),
+    "malformed JSON, plain-text content type": (415, dict(content=b"{bad", headers={"content-type": "text/plain"})),
     "texts is a string": (422, dict(json={"texts": "good film"})),
     "texts holds numbers": (422, dict(json={"texts": ["ok", 3]})),
     "text is a number": (422, dict(json={"text": 5})),

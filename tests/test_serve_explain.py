@@ -64,7 +64,8 @@ def test_explain_limits_are_stricter_than_predict(client):
 def test_explain_malformed_and_oversized_bodies(client):
     broken = client.post("/explain", content=b'{"text": ', headers={"content-type": "application/json"})
     assert broken.status_code == 400
-    big = client.post("/explain", content=b'{"text": "' + b"x" * 5000 + b'"}')
+    big = client.post("/explain", content=b'{"text": "' + b"x" * 5000 + b'"}',
+                      headers={"content-type": "application/json"})
     assert big.status_code == 413 and "over 4000 bytes" in big.json()["error"]
 
 

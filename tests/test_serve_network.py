@@ -97,7 +97,7 @@ def test_explain_is_protected_too(keyed):
     assert keyed.post("/explain", json={"text": "good film"}).status_code == 401
 
 
-def test_probes_metrics_and_metadata_stay_open(keyed):
+def test_probes_metrics_page_and_docs_stay_open(keyed):
     assert keyed.get("/health").json() == {"status": "ok"}
     deadline = time.monotonic() + 20
     while keyed.get("/ready").status_code != 200:
@@ -105,8 +105,9 @@ def test_probes_metrics_and_metadata_stay_open(keyed):
         time.sleep(0.05)
     assert keyed.get("/ready").json() == {"status": "ready"}
     assert keyed.get("/metrics").status_code == 200
-    assert keyed.get("/metadata").json()["auth"] is True
-    assert keyed.get("/").status_code == 200
+    assert keyed.get("/").status_code == 200 and keyed.get("/static/app.js").status_code == 200
+    assert keyed.get("/docs").status_code == 200 and "/predict" in keyed.get("/openapi.json").json()["paths"]
+    assert keyed.get("/metadata", headers=bearer(KEYS[0])).json()["auth"] is True
 
 
 def test_keys_are_compared_with_compare_digest_against_every_key(keyed, monkeypatch):
@@ -191,7 +192,7 @@ def test_metrics_count_what_clients_saw(tiny_bert_dir):
     with TestClient(app) as c:
         sends = [dict(json={"texts": ["good", "bad"]}, headers=bearer(KEYS[0]))] * 3 + [
             dict(json={"texts": []}, headers=bearer(KEYS[0])),
-            dict(content=b"{oops", headers=bearer(KEYS[0])),
+            dict(content=b"{oops", headers={**bearer(KEYS[0]), "content-type": "application/json"}),
             dict(json={"texts": ["y" * 150] * 30}, headers=bearer(KEYS[0])),
             dict(json={"text": "no key"})]
         for kwargs in sends:
@@ -288,7 +289,8 @@ def test_a_client_that_disconnects_costs_no_model_time():
             sent.append(message)
 
         scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length",
-                 str(len(body)).encode())], "query_string": b"", "http_version": "1.1", "scheme": "http",
+                 str(len(body)).encode()), (b"content-type", b"application/json")], "query_string": b"",
+                 "http_version": "1.1", "scheme": "http",
                  "server": ("t", 80), "client": ("127.0.0.1", 1), "root_path": ""}
         await app(scope, receive, send)
 

@@ -1,5 +1,6 @@
-"""`sentune serve` as a real process on loopback: a short soak with faults and SIGTERM (bench/serve_soak.py's
-checks, a few seconds long), and `--workers 2` starting, sharing one /metrics and stopping cleanly."""
+"""`sentune serve` as a real process on loopback: a short soak with faults, /explain load, slow clients and
+SIGTERM (bench/serve_soak.py's checks, a few seconds long), and `--workers 2` starting, sharing one /metrics
+and stopping cleanly."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def soak_lib():
 
 def test_short_soak_with_faults_and_sigterm(soak_lib, tiny_bert_dir):
     # a few seconds of each phase: the full 60 s / 64 clients version is the bench (docs/benchmarks.md)
-    args = argparse.Namespace(clients=16, seconds=3.0, warmup_seconds=2.0, term_seconds=3.0, max_requests=5000)
+    args = argparse.Namespace(clients=16, slow_clients=4, seconds=4.0, warmup_seconds=2.0, term_seconds=3.0,
+                              max_requests=5000)
     texts = soak_lib.load_texts("/nonexistent")  # the synthetic sentences: the suite needs no shared data
     server = soak_lib.Server(str(tiny_bert_dir))
     try:
@@ -41,8 +43,11 @@ def test_short_soak_with_faults_and_sigterm(soak_lib, tiny_bert_dir):
     assert not failed, (failed, soak_info, term_info)
     # the mix really exercised every answer it is meant to
     statuses = set(soak_info["by_status"])
-    assert {"200", "400", "401", "413", "422"} <= statuses, soak_info
+    assert {"200", "400", "401", "413", "415", "422"} <= statuses, soak_info
     assert soak_info["hung_up"] > 0 and soak_info["metrics_predict_by_status"].get("200", 0) > 0
+    assert soak_info["metrics_explain_by_status"].get("200", 0) > 0
+    # slow bodies were answered 408 by the app; slow heads were cut off before reaching it
+    assert soak_info["slow_connections"] >= 4 and soak_info["metrics_predict_by_status"].get("408", 0) > 0
 
 
 def test_two_workers_start_share_metrics_and_stop(soak_lib, tiny_bert_dir):

@@ -10,6 +10,7 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
 from sentune import config as config_lib
 from sentune.errors import SentuneError
@@ -354,8 +355,11 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True)
 @click.option("--api-key", "api_keys", multiple=True, envvar="SENTUNE_API_KEY", show_envvar=True,
-              help="require 'Authorization: Bearer KEY' on /predict and /explain (repeatable)")
-@click.option("--api-keys-file", type=click.Path(dir_okay=False), default=None, help="more keys, one per line")
+              help="require 'Authorization: Bearer KEY' on every route but /health, /ready, /metrics, the page "
+                   "and the API docs (repeatable; on the command line it shows in `ps`: prefer the variable, "
+                   "read once and removed, or a keys file)")
+@click.option("--api-keys-file", "--api-key-file", "api_keys_file", type=click.Path(dir_okay=False), default=None,
+              help="more keys, one per line (keep it chmod 600)")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="worker processes, each with its own model and cores/N threads")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per worker [default: all "
@@ -375,6 +379,12 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
 @click.option("--max-texts", type=click.IntRange(min=1), default=256, show_default=True, help="texts per request")
 @click.option("--max-chars", type=click.IntRange(min=1), default=20_000, show_default=True, help="characters per text")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="seconds a client has to send its request head, and again its body; past it, 408")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="connections served at once per worker; past it, 503")
+@click.option("--explain-max-queue", type=click.IntRange(min=1), default=16, show_default=True,
+              help="texts waiting for POST /explain (per worker); past it, 429 with Retry-After")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="access log on stderr: one line per request with its X-Request-ID")
 @click.option("--explain-max-texts", type=click.IntRange(min=1), default=4, show_default=True,
@@ -387,20 +397,27 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
 def serve(model_dir: str, host: str, port: int, workers: int, api_keys: tuple[str, ...],
           api_keys_file: str | None, max_texts: int, max_chars: int, max_body_bytes: int, max_queue: int,
           request_timeout: float, max_batch_tokens: int, graceful_timeout: float, explain_max_texts: int,
-          explain_max_chars: int, **options) -> None:
+          explain_max_chars: int, read_timeout: float, max_connections: int, explain_max_queue: int,
+          **options) -> None:
     """Serve MODEL_DIR over HTTP: POST /predict, /explain; GET /health, /ready, /metrics, /metadata; a page at /."""
     from sentune.serve import Deployment, Limits, Policy
     from sentune.serve import serve as serve_model
-    from sentune.serve.auth import load_api_keys
+    from sentune.serve.auth import KEY_ENV, load_api_keys
 
     quiet_transformers()
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    if api_keys and click.get_current_context().get_parameter_source("api_keys") == ParameterSource.COMMANDLINE:
+        log(f"warning: --api-key on the command line shows in `ps` to every user of this machine; "
+            f"use {KEY_ENV} or --api-keys-file instead")
+    os.environ.pop(KEY_ENV, None)  # read once: worker processes and helpers do not inherit it
     deployment = Deployment(
-        model_dir=model_dir, api_keys=load_api_keys(api_keys, api_keys_file), **options,
+        model_dir=model_dir, api_keys=load_api_keys(api_keys, api_keys_file, warn=log), **options,
         limits=Limits(max_body_bytes=max_body_bytes, max_texts=max_texts, max_chars=max_chars,
                       explain_max_texts=explain_max_texts, explain_max_chars=explain_max_chars),
         policy=Policy(max_queue=max_queue, request_timeout=request_timeout, max_batch_tokens=max_batch_tokens,
-                      graceful_timeout=graceful_timeout))
-    serve_model(deployment, host=host, port=port, workers=workers, log=lambda line: click.echo(line, err=True))
+                      graceful_timeout=graceful_timeout, read_timeout=read_timeout, max_connections=max_connections,
+                      explain_max_queue=explain_max_queue))
+    serve_model(deployment, host=host, port=port, workers=workers, log=log)
 
 
 @main.command()

@@ -1,11 +1,13 @@
 """The HTTP service: `POST /predict`, `POST /explain`, `GET /health`, `/ready`, `/metrics`, `/metadata`, `/`, /docs.
 
 Every request mistake answers 4xx with a JSON body `{"error": "..."}`, never 500: no or a wrong API key
-(401), a body over `max_body_bytes` (413), malformed JSON (400), wrong types, an empty list, too many
-texts or a text over `max_chars` (422). Load answers too: a full queue is 429 with `Retry-After` at once,
-a request that waited past `request_timeout` (or met a shutdown) is 503. Every response carries an
-`X-Request-ID`. `/explain` costs `steps` forward and backward passes per text, so it has its own,
-stricter limits (`explain_max_texts`, `explain_max_chars`) and runs one explanation at a time.
+(401), a foreign Host on loopback (421) or Origin (403), a body that is not JSON (415), over
+`max_body_bytes` (413) or not received within `read_timeout` (408), malformed JSON (400), wrong types,
+an empty list, too many texts or a text over `max_chars` (422). Load answers too: a full queue is 429
+with `Retry-After` at once, a request that waited past `request_timeout` (or met a shutdown) is 503.
+Every response carries an `X-Request-ID`. `/explain` costs `steps` forward and backward passes per text,
+so it has its own, stricter limits (`explain_max_texts`, `explain_max_chars`) and its own line with the
+same contract as /predict (429, 503, withdrawn when the client leaves), one explanation at a time.
 """
 
 from __future__ import annotations
@@ -13,20 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
 from importlib import resources
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException
 
 from sentune.serve.auth import ApiKeyAuth
 from sentune.serve.batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown, estimate_tokens
+from sentune.serve.guard import BodyGuard, RequestGuard, error
 from sentune.serve.observe import Metrics, Observe
+from sentune.serve.protocol import DEFAULT_READ_TIMEOUT, READ_TIMEOUT_STATE
 
 
 class PredictRequest(BaseModel):
@@ -120,58 +122,9 @@ class Policy(BaseModel):
     request_timeout: float | None = 30.0  # seconds a request may wait; past it, 503
     max_batch_tokens: int | None = 8192  # estimated tokens per model call
     graceful_timeout: float = 10.0  # seconds from SIGTERM to exit
-
-
-class ErrorResponse(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        # ASCII escapes: an error may echo a lone surrogate from the request ("\\ud800" is valid JSON),
-        # which has no UTF-8 encoding and would otherwise turn the 4xx into a 500
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-def error(status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return ErrorResponse({"error": message, **extra}, status_code=status, headers=headers)
-
-
-class BodyLimit:
-    """ASGI middleware: reads at most `max_bytes` of a request body, else answers 413 before parsing.
-
-    Bodies are always read as JSON: `curl -d '{...}'` sends a form content type, which would otherwise
-    reach the endpoint as unparsed bytes and give a confusing error.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        too_big = error(413, f"request body over {self.max_bytes} bytes")
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await too_big(scope, receive, send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await too_big(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()  # the app waiting for a disconnect
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        return await self.app(scope, replay, send)
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # seconds a client has to send its request head, and then its body
+    max_connections: int | None = 256  # connections served at once per worker; past it, 503
+    explain_max_queue: int | None = 16  # texts waiting to be explained; past it, 429
 
 
 def validation_message(exc: RequestValidationError) -> tuple[int, str]:
@@ -201,8 +154,9 @@ def check_request(req: PredictRequest, limits: Limits, explain: bool = False) ->
 
 
 async def classify(batcher: MicroBatcher, texts: list[str], request: Request, timeout: float | None) -> list:
-    """Predictions, or the HTTPException that says why not: 429 (queue full), 503 (timeout, shutdown) or
-    499 (the client went away first: its texts leave the line and cost no model time)."""
+    """Predictions (or explanations, from the explain line), or the HTTPException that says why not:
+    429 (queue full), 503 (timeout, shutdown) or 499 (the client went away first: its texts leave the
+    line and cost no model time)."""
     try:
         job = batcher.enqueue(texts, timeout)
     except QueueFull as e:
@@ -230,7 +184,7 @@ async def disconnected(request: Request) -> None:
 
 
 @contextlib.contextmanager
-def drain_on_signal(batcher: MicroBatcher, seconds: float):
+def drain_on_signal(batchers: list[MicroBatcher], seconds: float):
     """On SIGTERM/SIGINT, before uvicorn's own handler: refuse new work, finish or 503 what waits.
 
     uvicorn cancels whatever still runs after its graceful timeout, which would drop those requests
@@ -246,7 +200,8 @@ def drain_on_signal(batcher: MicroBatcher, seconds: float):
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def handler(sig, frame):
-        loop.call_soon_threadsafe(batcher.begin_drain, seconds)
+        for batcher in batchers:
+            loop.call_soon_threadsafe(batcher.begin_drain, seconds)
         if callable(previous[sig]):
             previous[sig](sig, frame)
 
@@ -259,15 +214,45 @@ def drain_on_signal(batcher: MicroBatcher, seconds: float):
             signal.signal(sig, old)
 
 
+class Targeted(str):
+    """A text to explain, with the label to explain it toward (None: the predicted one)."""
+
+    target: str | None
+
+    def __new__(cls, text: str, target: str | None) -> Targeted:
+        self = super().__new__(cls, text)
+        self.target = target
+        return self
+
+
+def explainer_line(classifier, limits: Limits, policy: Policy, steps: int | None, metrics: Metrics) -> MicroBatcher:
+    """/explain's own line: its own model thread, queue bound and metrics; texts of several requests
+    share a call when they share a target."""
+
+    def explain(texts: list[str]) -> list:
+        out: list = [None] * len(texts)
+        for target in dict.fromkeys(getattr(t, "target", None) for t in texts):
+            idx = [i for i, t in enumerate(texts) if getattr(t, "target", None) == target]
+            for i, e in zip(idx, classifier.explain([str(texts[i]) for i in idx], target, steps), strict=True):
+                out[i] = e
+        return out
+
+    return MicroBatcher(explain, limits.explain_max_texts, 0.0, max_queue=policy.explain_max_queue,
+                        observer=metrics.explain, cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)))
+
+
 def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, limits: Limits | None = None,
                policy: Policy | None = None, api_keys: list[str] | None = None,
-               explain_steps: int | None = None) -> FastAPI:
-    """The service around a loaded `Classifier` (or anything with predict/labels/name/max_length/backend)."""
+               explain_steps: int | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The service around a loaded `Classifier` (or anything with predict/labels/name/max_length/backend).
+
+    `allowed_hosts`: the Host names a request may name (the loopback names when bound to loopback)."""
     limits, policy = limits or Limits(), policy or Policy()
     metrics = Metrics()
     batcher = MicroBatcher(lambda texts: classifier.predict(texts, batch_size=max_batch), max_batch, max_wait_ms,
                            max_tokens=policy.max_batch_tokens, max_queue=policy.max_queue, observer=metrics,
                            cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)))
+    explainer = explainer_line(classifier, limits, policy, explain_steps, metrics)
     ready = asyncio.Event()
 
     async def warm_up() -> None:
@@ -278,17 +263,20 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         warming = asyncio.ensure_future(warm_up())
-        with drain_on_signal(batcher, max(0.5, policy.graceful_timeout - 1.0)):
-            yield
+        with drain_on_signal([batcher, explainer], max(0.5, policy.graceful_timeout - 1.0)):
+            yield {READ_TIMEOUT_STATE: policy.read_timeout}  # the server's protocol times request heads by it
         warming.cancel()
         await batcher.close()  # uvicorn has already let in-flight requests finish
+        await explainer.close()
         metrics.close()
 
     app = FastAPI(title="sentune", summary=f"text classification with {classifier.name}", lifespan=lifespan)
-    app.state.batcher, app.state.metrics = batcher, metrics
-    # outermost last: Observe sees every answer, auth runs before a body is read
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.state.batcher, app.state.explainer, app.state.metrics = batcher, explainer, metrics
+    # outermost last: Observe sees every answer; Host, Origin, content type and key are checked before
+    # a body is read; the body is read only by the routes that take one
+    app.add_middleware(BodyGuard, max_bytes=limits.max_body_bytes, timeout=policy.read_timeout)
     app.add_middleware(ApiKeyAuth, keys=list(api_keys or ()))
+    app.add_middleware(RequestGuard, allowed_hosts=allowed_hosts)
     app.add_middleware(Observe, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
@@ -316,18 +304,19 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     @app.post("/explain", response_model=ExplainResponse, response_model_exclude_none=True, responses={
         400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
         413: {"description": "body too large"},
-        422: {"description": "wrong types, empty list, unknown target, or over the explain limits"}})
-    async def explain(req: ExplainRequest) -> dict:
+        422: {"description": "wrong types, empty list, unknown target, or over the explain limits"},
+        429: {"description": "too many texts wait to be explained: retry after the Retry-After seconds"},
+        503: {"description": "waited past the request timeout, or the server is shutting down"}})
+    async def explain(req: ExplainRequest, request: Request) -> dict:
         """Word attributions (integrated gradients) toward the predicted label, or `target`.
 
         Stricter limits than /predict (see /metadata): each text costs `steps` forward and backward passes.
         """
-        from starlette.concurrency import run_in_threadpool
-
         texts = check_request(req, limits, explain=True)
         if req.target is not None and req.target not in classifier.labels:
             raise HTTPException(422, f"target {req.target!r} is not a label; labels: {', '.join(classifier.labels)}")
-        return {"explanations": await run_in_threadpool(classifier.explain, texts, req.target, explain_steps)}
+        items: list[str] = [Targeted(t, req.target) for t in texts]
+        return {"explanations": await classify(explainer, items, request, policy.request_timeout)}
 
     @app.get("/health")
     async def health() -> dict:

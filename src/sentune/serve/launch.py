@@ -1,9 +1,16 @@
 """Start the service: one process, or `--workers N` uvicorn worker processes, each with its own model.
 
 uvicorn starts workers by import string, so the settings travel to them as JSON in an environment
-variable and each worker builds its app with `app_from_env` (an app factory). The workers share the
-listening socket; the kernel spreads connections over them. Each gets `cores / workers` torch threads,
-so two workers on two cores do not fight over the same cores.
+variable and each worker builds its app with `app_from_env` (an app factory). The API keys do not: the
+environment is copied into every worker and the multiprocessing resource tracker, so the workers get the
+path of a keys file instead, readable by the owner only, in a private temporary folder removed at exit.
+The workers share the listening socket; the kernel spreads connections over them. Each gets
+`cores / workers` torch threads, so two workers on two cores do not fight over the same cores.
+
+Slow clients: at most `policy.max_connections` connections per worker are served (uvicorn's
+`limit_concurrency`, 503 past it), a request head must arrive within `policy.read_timeout` seconds
+(serve/protocol.py) and so must its body (serve/guard.py), an idle keep-alive connection is closed after
+5 s, and a request head is at most 16 KiB (h11's limit: 400 and close past it).
 """
 
 from __future__ import annotations
@@ -17,10 +24,14 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from sentune.serve.app import Limits, Policy, create_app
+from sentune.serve.auth import load_api_keys, write_keys_file
 from sentune.serve.observe import configure_logging
+from sentune.serve.protocol import HeadDeadlineH11
 
 SETTINGS_ENV = "SENTUNE_SERVE_SETTINGS"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+KEEP_ALIVE_S = 5
+MAX_HEAD_BYTES = 16 * 1024
 
 
 class Deployment(BaseModel):
@@ -34,6 +45,8 @@ class Deployment(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     policy: Policy = Field(default_factory=Policy)
     api_keys: list[str] = Field(default_factory=list, repr=False)
+    api_keys_file: str | None = None  # where a worker reads the keys (never sent in the settings)
+    allowed_hosts: list[str] | None = None  # Host names a request may name (None: any)
     log_format: str = "text"
     threads: int | None = None
     explain_steps: int | None = None
@@ -54,12 +67,29 @@ def build_app(d: Deployment):
         torch.set_num_threads(d.threads)
     classifier = Classifier.load(d.model_dir, backend=d.backend, precision=d.precision)
     return create_app(classifier, max_batch=d.max_batch, max_wait_ms=d.max_wait_ms, limits=d.limits,
-                      policy=d.policy, api_keys=d.api_keys, explain_steps=d.explain_steps)
+                      policy=d.policy, api_keys=d.api_keys, explain_steps=d.explain_steps,
+                      allowed_hosts=d.allowed_hosts)
 
 
 def app_from_env():
-    """uvicorn's app factory for `--workers N`: the settings the parent process left in the environment."""
-    return build_app(Deployment.model_validate_json(os.environ[SETTINGS_ENV]))
+    """uvicorn's app factory for `--workers N`: the settings the parent process left in the environment,
+    the keys from the file it names."""
+    d = Deployment.model_validate_json(os.environ[SETTINGS_ENV])
+    if d.api_keys_file:
+        d = d.model_copy(update={"api_keys": load_api_keys(keys_file=d.api_keys_file)})
+    return build_app(d)
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """Bound to loopback: only the loopback names (a DNS-rebinding page names its own host); else any."""
+    return list(LOOPBACK) if host in LOOPBACK else None
+
+
+def uvicorn_options(policy: Policy, host: str, port: int) -> dict[str, Any]:
+    """How uvicorn treats connections: bounded, timed out, small heads (see the module docstring)."""
+    return dict(host=host, port=port, log_level="warning", access_log=False, http=HeadDeadlineH11,
+                timeout_graceful_shutdown=policy.graceful_timeout, limit_concurrency=policy.max_connections,
+                timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEAD_BYTES)
 
 
 def serve(d: Deployment, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
@@ -73,8 +103,9 @@ def serve(d: Deployment, *, host: str = "127.0.0.1", port: int = 8000, workers: 
             "model (set --api-key, SENTUNE_API_KEY or --api-keys-file)")
     if workers > 1 and d.threads is None:
         d = d.model_copy(update={"threads": max(1, cores() // workers)})
-    options: dict[str, Any] = dict(host=host, port=port, log_level="warning", access_log=False,
-                   timeout_graceful_shutdown=d.policy.graceful_timeout)
+    if d.allowed_hosts is None:
+        d = d.model_copy(update={"allowed_hosts": allowed_hosts(host)})
+    options = uvicorn_options(d.policy, host, port)
     auth = f"{len(d.api_keys)} API key(s)" if d.api_keys else "no API key"
     if workers == 1:
         app = build_app(d)
@@ -84,13 +115,17 @@ def serve(d: Deployment, *, host: str = "127.0.0.1", port: int = 8000, workers: 
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one /metrics for all workers
         metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sentune-metrics-")
-    os.environ[SETTINGS_ENV] = d.model_dump_json()
+    private = tempfile.mkdtemp(prefix="sentune-serve-")  # mode 0700: the keys file is the owner's alone
+    keys_file = write_keys_file(d.api_keys, private) if d.api_keys else None
+    os.environ[SETTINGS_ENV] = d.model_copy(update={"api_keys_file": keys_file}).model_dump_json(
+        exclude={"api_keys"})
     log(f"serving {d.model_dir} with {workers} workers x {d.threads} threads at http://{host}:{port}/ "
         f"({auth}; API docs: /docs, metrics: /metrics)")
     try:
         uvicorn.run("sentune.serve.launch:app_from_env", factory=True, workers=workers, **options)
     finally:
         os.environ.pop(SETTINGS_ENV, None)
+        shutil.rmtree(private, ignore_errors=True)
         if metrics_dir:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(metrics_dir, ignore_errors=True)

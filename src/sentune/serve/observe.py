@@ -16,8 +16,11 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from sentune.serve.auth import route_path
 
 ROUTES = frozenset({"/predict", "/explain", "/health", "/ready", "/metrics", "/metadata", "/"})
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -49,6 +52,7 @@ class Metrics:
                                  multiprocess_mode="livesum", registry=r)
         self.ready = Gauge("sentune_ready", "workers with the model loaded and warmed up",
                            multiprocess_mode="livesum", registry=r)
+        self.explain = ExplainMetrics(r)
 
     def batch(self, texts: int, tokens: int, seconds: float) -> None:
         self.texts.inc(texts)
@@ -71,6 +75,30 @@ class Metrics:
         """A worker that stops takes its live gauges (queue depth, ready) out of the sums."""
         if multiprocess_dir():
             multiprocess.mark_process_dead(os.getpid())
+
+
+class ExplainMetrics:
+    """The /explain line's observer: its own queue depth and model time, apart from /predict's."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.texts = Counter("sentune_explain_texts", "texts explained by the model", registry=registry)
+        self.seconds = Histogram("sentune_explain_duration_seconds", "seconds per explain call",
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.queue_texts = Gauge("sentune_explain_queue_texts", "texts waiting to be explained",
+                                 multiprocess_mode="livesum", registry=registry)
+
+    def batch(self, texts: int, tokens: int, seconds: float) -> None:
+        self.texts.inc(texts)
+        self.seconds.observe(seconds)
+
+    def queue(self, texts: int) -> None:
+        self.queue_texts.set(texts)
+
+
+def printable(text: str) -> str:
+    """A path as one safe token of a text log line: percent-escapes for controls, spaces, `%`, `\\` and
+    anything non-ASCII, so no request can end a line, forge a field or send a terminal escape."""
+    return quote(text, safe="/:@!$&'()*+,;=-._~")
 
 
 def request_id(scope) -> str:
@@ -97,7 +125,7 @@ class Observe:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid, route, began = request_id(scope), route_of(scope["path"]), time.perf_counter()
+        rid, route, began = request_id(scope), route_of(route_path(scope)), time.perf_counter()
         scope.setdefault("state", {})["request_id"] = rid
         status: int | str | None = None
 
@@ -153,8 +181,8 @@ class TextFormatter(logging.Formatter):
         when = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
         if access is None:
             return f"{when} {record.levelname.lower()} {super().format(record)}"
-        return (f"{when} {access['request_id']} {access['client']} {access['method']} {access['path']} "
-                f"{access['status']} {access['duration_ms']:.1f}ms")
+        return (f"{when} {access['request_id']} {access['client']} {access['method']} "
+                f"{printable(access['path'])} {access['status']} {access['duration_ms']:.1f}ms")
 
 
 def configure_logging(fmt: str = "text", stream=None) -> None:

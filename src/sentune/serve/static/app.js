@@ -20,12 +20,18 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// /metadata needs the key like every API route (deny by default): a 401 asks for it, and entering it loads it.
 async function loadMetadata() {
   try {
-    meta = await (await fetch("/metadata")).json();
+    const response = await fetch("/metadata", { headers: authHeaders() });
+    if (response.status === 401) {
+      $("model").textContent = "this server needs an API key";
+      askForKey();
+      return;
+    }
+    meta = await response.json();
     const task = meta.task && meta.task !== "single_label" ? ` · ${meta.task.replace("_", "-")}` : "";
     $("model").textContent = `${meta.model} · ${meta.backend}${task} · labels: ${meta.labels.join(", ")}`;
-    if (meta.auth) askForKey();
   } catch (e) {
     $("model").textContent = "model information unavailable";
   }
@@ -182,4 +188,5 @@ $("highlight").addEventListener("change", () => {
 $("text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
 });
+$("key").addEventListener("change", loadMetadata);
 loadMetadata();
