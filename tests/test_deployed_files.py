@@ -1,0 +1,170 @@
+"""Issue 23, the files sentune writes and reads where it is deployed: permissions and durability, bad input
+(decompression bombs, `$` in label names, formula cells, card paths, push links, export --overwrite)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+from sentune import atomic
+from sentune.errors import ConfigError, DataError
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+# ---- 11. durability and permissions ---------------------------------------------------------------------
+def test_atomic_files_and_folders_honour_the_umask(tmp_path, umask_022):
+    atomic.atomic_write_text(tmp_path / "a.txt", "x")
+    atomic.atomic_dir(tmp_path / "model", lambda d: (d / "config.json").write_text("{}"))
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755  # mkdtemp alone gives 0700
+    os.umask(0o077)  # a private umask stays private
+    atomic.atomic_write_text(tmp_path / "b.txt", "x")
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_renames_are_followed_by_an_fsync_of_the_folder(tmp_path, monkeypatch):
+    synced_dirs = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.is_dir():
+            synced_dirs.append(path)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic.atomic_write_text(tmp_path / "sub" / "a.txt", "x")
+    assert tmp_path / "sub" in synced_dirs
+    synced_dirs.clear()
+    for _ in range(2):  # a new folder, then a replaced one (the exchange path)
+        atomic.atomic_dir(tmp_path / "model", lambda d: (d / "config.json").write_text("{}"))
+        assert tmp_path in synced_dirs
+        synced_dirs.clear()
+
+
+# ---- 12. bad input ----------------------------------------------------------------------------------------
+def test_gzip_that_decompresses_to_one_huge_line_is_refused_naming_the_line(tmp_path):
+    from sentune.data import limits
+    from sentune.data.readers import read_labelled_file, read_texts
+
+    path = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "fine", "label": "pos"}) + "\n")
+        f.write('{"text": "' + "a" * (limits.MAX_LINE_CHARS + 10) + '", "label": "neg"}\n')
+    assert path.stat().st_size < 100_000
+    for read in (lambda: read_labelled_file(path), lambda: list(read_texts(str(path)))):
+        with pytest.raises(DataError, match=r"bomb\.jsonl\.gz line 2: longer than 10,000,000 characters"):
+            read()
+
+
+def test_gzip_past_its_expansion_cap_is_refused(tmp_path, monkeypatch):
+    from sentune.data import limits
+    from sentune.data.readers import read_labelled_file
+
+    rows = [{"text": f"text number {i} " * 20, "label": "pos" if i % 2 else "neg"} for i in range(2000)]
+    path = tmp_path / "big.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    assert len(read_labelled_file(path).texts) == 2000  # under the cap: read as always
+    monkeypatch.setattr(limits, "MIN_DECOMPRESSED", 0)
+    monkeypatch.setattr(limits, "MAX_EXPANSION", 2)
+    with pytest.raises(DataError, match=r"big\.jsonl\.gz line \d+: decompresses to more than [\d,]+ bytes"):
+        read_labelled_file(path)
+
+
+def test_dollar_in_a_label_name_does_not_break_the_confusion_plot(tmp_path):
+    from sentune.evaluation.report import plot_confusion
+
+    path = plot_confusion([[3, 1], [0, 4]], ["price $x^{$", "cost $5"], tmp_path / "cm.png")
+    assert path.stat().st_size > 0
+
+
+def test_csv_predictions_escape_formula_cells():
+    from sentune.inference.files import CsvWriter
+
+    out = io.StringIO()
+    writer = CsvWriter(out, ["=HYPERLINK(1)", "pos"])
+    writer.write({"text": "=cmd|' /C calc'!A0", "@note": "-2+3", "id": 0, "label": "=HYPERLINK(1)", "score": -0.5,
+                  "probs": {"=HYPERLINK(1)": 0.6, "pos": 0.4}})
+    header, row = out.getvalue().splitlines()
+    assert header == "text,'@note,id,label,score,prob_=HYPERLINK(1),prob_pos"
+    assert row == "'=cmd|' /C calc'!A0,'-2+3,0,'=HYPERLINK(1),-0.5,0.6,0.4"  # numbers stay numbers
+
+
+def card_run(root: Path, labels: list[str]) -> Path:
+    """The files a card is made from, as a finished run leaves them (no training needed)."""
+    import yaml
+
+    from sentune import config
+
+    run = root / "run"
+    (run / "best").mkdir(parents=True)
+    cfg = config.to_dict(config.Config())
+    cfg["model"]["model"] = str(root / "home" / "alice" / "models" / "base-model")
+    cfg["data"]["dataset"], cfg["data"]["train_file"] = None, str(root / "home" / "alice" / "secret" / "train.csv")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    source = {"source": cfg["data"]["train_file"], "rows": 10, "fingerprint": "ab" * 8,
+              "label_counts": {label: 5 for label in labels}}
+    (run / "manifest.json").write_text(json.dumps({"label_names": labels, "data": {"train": source,
+                                                                                   "test": source}}))
+    (run / "final_metrics.json").write_text(json.dumps({"accuracy": 0.5, "macro_f1": 0.5}))
+    (run / "best" / "config.json").write_text(json.dumps({"id2label": dict(enumerate(labels))}))
+    return run
+
+
+def test_card_has_no_local_paths_and_escapes_label_names(tmp_path):
+    from sentune.card import build_card
+
+    run = card_run(tmp_path, ["<img src=x onerror=alert(1)>", "a|b", "[click](http://evil.example)"])
+    text = str(build_card(run))
+    assert str(tmp_path) not in text and "alice" not in text
+    assert "train.csv" in text and "base-model" in text
+    assert not re.search(r"(?<!\\)<img", text) and not re.search(r"(?<!\\)\[click\]", text)
+    assert "\\<img src=x onerror=alert\\(1\\)\\>" in text and "a\\|b" in text
+
+
+def test_push_refuses_a_link_out_of_the_folder(tmp_path):
+    from sentune.push import plan_upload
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "README.md").write_text("# card\n")
+    (tmp_path / "id_rsa").write_text("PRIVATE KEY")
+    (model / "extra.txt").symlink_to(tmp_path / "id_rsa")
+    with pytest.raises(ConfigError, match=r"extra\.txt links to .*id_rsa, outside"):
+        plan_upload(model, "me/model")
+    (model / "extra.txt").unlink()
+    (model / "inside.json").symlink_to(model / "config.json")  # a link that stays inside is fine
+    assert set(plan_upload(model, "me/model").files) == {"config.json", "README.md", "inside.json"}
+
+
+def test_export_overwrite_never_deletes_a_folder_that_is_not_an_export(tiny_bert_dir, tmp_path):
+    from sentune.inference.export import export
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="is not a sentune export .*nothing was deleted"):
+        export(tiny_bert_dir, precious, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_jsonl_file_with_ordinary_lines_still_reads(tmp_path):
+    from sentune.data.readers import read_texts
+
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
+    assert [r["text"] for r in read_texts(str(path))] == ["a", "b"]
