@@ -8,6 +8,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,141 @@ def test_a_jsonl_file_with_ordinary_lines_still_reads(tmp_path):
 
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
     assert [r["text"] for r in read_texts(str(path))] == ["a", "b"]
+
+
+# ---- 7. a database password on disk -----------------------------------------------------------------------
+SECRET_URL = "postgresql+psycopg2://alice:S3cretPassw0rd@db.example/sweeps"
+
+
+def test_sweep_json_and_report_never_hold_the_storage_password(tmp_path, monkeypatch):
+    from sentune import config
+    from sentune.training.sweep import SweepOptions, read_sweep, write_sweep
+
+    sweep_dir = tmp_path / "sweep"
+    write_sweep(sweep_dir, config.Config(), {"lr_head": [0.001, 0.01]}, SweepOptions(storage=SECRET_URL))
+    saved = (sweep_dir / "sweep.json").read_text()
+    assert "S3cretPassw0rd" not in saved and "postgresql+psycopg2://alice:***@db.example/sweeps" in saved
+    monkeypatch.delenv("SENTUNE_STORAGE", raising=False)
+    with pytest.raises(ConfigError, match=r"needs its password.*--storage URL or in \$SENTUNE_STORAGE"):
+        read_sweep(str(sweep_dir), None, None)
+    assert read_sweep(str(sweep_dir), None, None, storage=SECRET_URL)[2].storage == SECRET_URL
+    with pytest.raises(ConfigError, match="is not the sweep's storage"):
+        read_sweep(str(sweep_dir), None, None, storage=SECRET_URL.replace("sweeps", "other"))
+    monkeypatch.setenv("SENTUNE_STORAGE", SECRET_URL)
+    assert read_sweep(str(sweep_dir), None, None)[2].storage == SECRET_URL
+
+
+@pytest.mark.parametrize("url", [SECRET_URL.replace("psycopg2", "nosuchdriver"),
+                                 "postgresql+psycopg2://alice:S3cretPassw0rd@127.0.0.1:1/sweeps"])
+def test_storage_errors_never_print_the_password(url, tmp_path, monkeypatch):
+    from sentune.errors import SentuneError
+    from sentune.training import study
+    from sentune.training.sweep import SweepOptions
+
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)  # the retries of a refused connection
+    with pytest.raises(SentuneError) as info:
+        study.open_study(tmp_path, SweepOptions(storage=url), [], seed=0, epochs=1)
+    assert "S3cretPassw0rd" not in str(info.value) and "alice:***@" in str(info.value)
+
+
+# ---- 8. remote code only from a flag given on the command ----------------------------------------------------
+def test_trust_remote_code_in_a_config_file_is_ignored_with_a_note(tmp_path, capsys):
+    from sentune import config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model:\n  trust_remote_code: true\n")
+    assert config.resolve(None, str(path), {}).model.trust_remote_code is False
+    assert "trust_remote_code: True ignored" in capsys.readouterr().err
+    assert config.resolve(None, str(path), {"trust_remote_code": True}).model.trust_remote_code is True
+
+
+def test_resume_takes_trust_remote_code_only_from_the_flag(tmp_path):
+    from sentune import config
+    from sentune.training.checkpoint import resume_config
+
+    run = tmp_path / "downloaded-run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "state.json").write_text("{}")
+    cfg = config.Config()
+    cfg.model.trust_remote_code = True  # what a run started with the flag (or a tampered file) says
+    config.save(cfg, run / "config.yaml")
+    assert resume_config(run, {}).model.trust_remote_code is False
+    assert resume_config(run, {"trust_remote_code": True}).model.trust_remote_code is True
+
+
+def test_sweep_resume_takes_trust_remote_code_only_from_the_flag(tmp_path):
+    from sentune import config
+    from sentune.training.sweep import SweepOptions, read_sweep, write_sweep
+
+    cfg = config.Config()
+    cfg.model.trust_remote_code = True
+    write_sweep(tmp_path / "sweep", cfg, {"lr_head": [0.001, 0.01]}, SweepOptions())
+    assert read_sweep(str(tmp_path / "sweep"), None, None)[0].model.trust_remote_code is False
+
+
+# ---- 9. run directories ----------------------------------------------------------------------------------
+def test_default_run_names_made_in_the_same_second_do_not_collide(tmp_path):
+    from sentune import rundir
+
+    name = tmp_path / "runs" / "demo-20260101-120000"
+    first = rundir.open_run(name, new_name=True)
+    second = rundir.open_run(name, new_name=True)  # the same second: the name is taken
+    assert first.path == name and second.path == tmp_path / "runs" / "demo-20260101-120000-2"
+    assert rundir.new_dir(name) == tmp_path / "runs" / "demo-20260101-120000-3"  # sweeps' default names too
+    first.release()
+    second.release()
+
+
+def test_a_non_empty_run_directory_needs_resume_or_overwrite(tiny_bert_dir, module_toy_files, tmp_path):
+    from test_resume import flags
+
+    from sentune import config
+    from sentune.training.loop import fit
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"run is not empty \(notes.txt\).*--resume.*--overwrite"):
+        fit(config.resolve(None, None, flags(tiny_bert_dir, module_toy_files, out, epochs=1)))
+    with pytest.raises(ConfigError, match="is not a run directory .*nothing was deleted"):
+        fit(config.resolve(None, None, flags(tiny_bert_dir, module_toy_files, out, epochs=1, overwrite=True)))
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    fit(config.resolve(None, None, flags(tiny_bert_dir, module_toy_files, out, epochs=1)))
+    (out / "stale.txt").write_text("from the earlier run")
+    fit(config.resolve(None, None, flags(tiny_bert_dir, module_toy_files, out, epochs=1, overwrite=True)))
+    assert not (out / "stale.txt").exists() and (out / "best" / "config.json").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # replaced, not appended to
+
+
+def test_a_run_holds_its_directory_and_a_second_resume_is_refused(tiny_bert_dir, module_toy_files, tmp_path,
+                                                                  monkeypatch):
+    from test_resume import flags
+
+    from sentune import config, rundir
+    from sentune.training import checkpoint
+    from sentune.training.loop import fit
+
+    out = tmp_path / "run"
+    seen = []
+    real_save = checkpoint.save
+
+    def save_and_probe(p, state):  # while the run is alive, at its epoch ends: another process's view
+        real_save(p, state)
+        with pytest.raises(ConfigError, match=r"run is in use by a running sentune \(process \d+ on "):
+            checkpoint.resume_config(out, {})
+        with pytest.raises(ConfigError, match="is in use"):  # what a second train into it does first
+            rundir.open_run(out, overwrite=True)
+        if not seen:  # and the real thing, once: another process's `sentune train --resume`
+            second = subprocess.run([sys.executable, "-m", "sentune", "train", "--resume", str(out)],
+                                    capture_output=True, text=True, timeout=300,
+                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            assert second.returncode == 2 and "is in use by a running sentune" in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr
+        seen.append(state.epoch)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_probe)
+    fit(config.resolve(None, None, flags(tiny_bert_dir, module_toy_files, out, epochs=2)))
+    assert seen == [1, 2]
+    rundir.check_unlocked(out)  # released at the end
+    assert checkpoint.resume_config(out, {"epochs": 3}).train.epochs == 3

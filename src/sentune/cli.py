@@ -102,8 +102,9 @@ def train(preset: str | None, config_file: str | None, resume: str | None, **fla
 @click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default=None, help="[default: tpe]")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default=None,
               help="stops poor trials after an epoch [default: median]")
-@click.option("--storage", type=str, default=None,
-              help="Optuna RDB URL shared by several processes/machines [default: sqlite in the sweep directory]")
+@click.option("--storage", type=str, default=None, envvar="SENTUNE_STORAGE", show_envvar=True,
+              help="Optuna RDB URL shared by several processes/machines [default: sqlite in the sweep directory]; "
+                   "its password is never saved: give it again on --resume")
 @click.option("--study-name", type=str, default=None, help="[default: the sweep directory's name]")
 @click.option("--keep-trial-weights", is_flag=True, default=None, help="keep every trial's best/ weights")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue a sweep directory")
@@ -124,10 +125,11 @@ def sweep(preset: str | None, config_file: str | None, search: str | None, n_tri
         flags.pop(k, None)
     given = {k: v for k, v in flags.items() if v is not None}
     if resume:
+        trust = given.pop("trust_remote_code", False)
         if preset or config_file or search or given:
-            raise SentuneError("--resume continues a sweep with its own settings; only --n-trials and "
-                               "--timeout may be given")
-        run_sweep(None, n_trials=n_trials, resume=resume, **options)
+            raise SentuneError("--resume continues a sweep with its own settings; only --n-trials, --timeout, "
+                               "--storage (its password) and --trust-remote-code may be given")
+        run_sweep(None, n_trials=n_trials, resume=resume, trust_remote_code=trust, **options)
         return
     cfg = config_lib.resolve(preset or "imdb", config_file, given)
     run_sweep(cfg, search, n_trials, **options)
