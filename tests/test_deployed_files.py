@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_jsonl
 
 from sentune import atomic
@@ -308,3 +309,92 @@ def test_a_run_holds_its_directory_and_a_second_resume_is_refused(tiny_bert_dir,
     assert seen == [1, 2]
     rundir.check_unlocked(out)  # released at the end
     assert checkpoint.resume_config(out, {"epochs": 3}).train.epochs == 3
+
+
+# ---- 10. the frozen-layer cache is checked, keyed on the numerics, cleaned and bounded ----------------------
+from test_cache import PrefixCounter, feeds_for, tiny, tokenized  # noqa: E402,F401 - tokenized is a fixture
+
+
+def disk_cache(model, tmp_path, k: int = 2, tokenized=None):
+    from sentune.training import cache as cache_lib
+
+    lines: list[str] = []
+    feeds = cache_lib.cache_feeds(model, k, feeds_for(tokenized, "bert"), mode="disk", cache_dir=str(tmp_path),
+                                  fingerprint_parts={"model": "tiny"}, device="cpu", log=lines.append)
+    return feeds, lines[-1]
+
+
+def test_a_corrupted_cache_file_is_rebuilt_never_used(tokenized, tmp_path, monkeypatch):
+    model = tiny(tokenized, "bert")
+    first, _ = disk_cache(model, tmp_path, tokenized=tokenized)
+    expected = next(first["test"].batches(0))["hidden"].clone()
+    del first
+    for data in tmp_path.glob("prefix-*.bin"):  # bit rot: one byte in the middle of the hidden states
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    counter = PrefixCounter(monkeypatch)
+    with pytest.warns(UserWarning, match="does not match its recorded hash"):
+        again, line = disk_cache(model, tmp_path, tokenized=tokenized)
+    assert counter.calls > 0 and "built train+test" in line
+    assert torch.equal(next(again["test"].batches(0))["hidden"], expected)
+    counter.calls = 0
+    disk_cache(model, tmp_path, tokenized=tokenized)  # the rebuilt files are whole again: reused
+    assert counter.calls == 0
+
+
+@pytest.mark.parametrize("change", ["hidden_act", "layer_norm_eps", "transformers"])
+def test_cache_key_follows_config_numerics_and_library_versions(change, tokenized, tmp_path, monkeypatch):
+    import transformers
+
+    model = tiny(tokenized, "bert")
+    disk_cache(model, tmp_path, tokenized=tokenized)
+    counter = PrefixCounter(monkeypatch)
+    if change == "hidden_act":
+        model.config.hidden_act = "relu"
+    elif change == "layer_norm_eps":
+        model.config.layer_norm_eps = 1e-5
+    else:
+        monkeypatch.setattr(transformers, "__version__", "99.0.0")
+    _, line = disk_cache(model, tmp_path, tokenized=tokenized)
+    assert counter.calls > 0 and "built train+test" in line
+
+
+def test_temporaries_of_killed_builds_are_cleaned_and_live_ones_kept(tokenized, tmp_path):
+    import fcntl
+
+    dead, live, young = (tmp_path / f".prefix-{name}.bin.abc123.tmp" for name in ("dead", "live", "young"))
+    for tmp in (dead, live, young):
+        tmp.write_bytes(b"\0" * 1024)
+    for tmp in (dead, live):  # an hour old
+        os.utime(tmp, (os.path.getmtime(tmp) - 3600,) * 2)
+    writer = os.open(live, os.O_RDONLY)
+    fcntl.flock(writer, fcntl.LOCK_SH)  # what a live writer holds while it fills its temporary
+    try:
+        disk_cache(tiny(tokenized, "bert"), tmp_path, tokenized=tokenized)
+        assert not dead.exists() and live.exists() and young.exists()
+    finally:
+        os.close(writer)
+
+
+def test_cache_list_and_prune_by_age_and_size(tokenized, tmp_path):
+    from click.testing import CliRunner
+
+    from sentune.cli import main
+
+    disk_cache(tiny(tokenized, "bert"), tmp_path, tokenized=tokenized)
+    files = sorted(tmp_path.glob("prefix-*.bin"))
+    old = files[0]
+    os.utime(old, (os.path.getmtime(old) - 10 * 86400,) * 2)
+    listed = CliRunner().invoke(main, ["cache", "list", "--cache-dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count("prefix-") == 2 and "layers 0-1" in listed.output and "10.0 d" in listed.output
+    assert "total for bert" in listed.output  # a model built in code has no path: its type names it
+    assert "in 2 files under" in listed.output
+    dry = CliRunner().invoke(main, ["cache", "prune", "--older-than", "7", "--dry-run", "--cache-dir", str(tmp_path)])
+    assert "would remove" in dry.output and old.exists()
+    pruned = CliRunner().invoke(main, ["cache", "prune", "--older-than", "7", "--cache-dir", str(tmp_path)])
+    assert pruned.exit_code == 0 and not old.exists() and not old.with_suffix(".json").exists()
+    assert files[1].exists()
+    CliRunner().invoke(main, ["cache", "prune", "--max-gb", "0", "--cache-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
