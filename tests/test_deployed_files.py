@@ -312,21 +312,31 @@ def test_a_run_holds_its_directory_and_a_second_resume_is_refused(tiny_bert_dir,
 
 
 # ---- 10. the frozen-layer cache is checked, keyed on the numerics, cleaned and bounded ----------------------
-from test_cache import PrefixCounter, feeds_for, tiny, tokenized  # noqa: E402,F401 - tokenized is a fixture
+from test_cache import MAX_LEN, PrefixCounter, feeds_for, tiny  # noqa: E402
 
 
-def disk_cache(model, tmp_path, k: int = 2, tokenized=None):
+@pytest.fixture(scope="module")
+def tokens():
+    """The toy split of test_cache.py, tokenized by the tiny BERT's tokenizer (as feeds_for wants it)."""
+    from conftest import build_tokenizer, sentiment_rows
+
+    tok, rows = build_tokenizer("bert"), sentiment_rows(40, seed=5)
+    ids = tok([r["text"] for r in rows], truncation=True, max_length=MAX_LEN)["input_ids"]
+    return {"bert": (ids, [int(r["label"] == "pos") for r in rows], tok.pad_token_id, len(tok))}
+
+
+def disk_cache(model, tmp_path, tokens, k: int = 2):
     from sentune.training import cache as cache_lib
 
     lines: list[str] = []
-    feeds = cache_lib.cache_feeds(model, k, feeds_for(tokenized, "bert"), mode="disk", cache_dir=str(tmp_path),
+    feeds = cache_lib.cache_feeds(model, k, feeds_for(tokens, "bert"), mode="disk", cache_dir=str(tmp_path),
                                   fingerprint_parts={"model": "tiny"}, device="cpu", log=lines.append)
     return feeds, lines[-1]
 
 
-def test_a_corrupted_cache_file_is_rebuilt_never_used(tokenized, tmp_path, monkeypatch):
-    model = tiny(tokenized, "bert")
-    first, _ = disk_cache(model, tmp_path, tokenized=tokenized)
+def test_a_corrupted_cache_file_is_rebuilt_never_used(tokens, tmp_path, monkeypatch):
+    model = tiny(tokens, "bert")
+    first, _ = disk_cache(model, tmp_path, tokens)
     expected = next(first["test"].batches(0))["hidden"].clone()
     del first
     for data in tmp_path.glob("prefix-*.bin"):  # bit rot: one byte in the middle of the hidden states
@@ -335,20 +345,20 @@ def test_a_corrupted_cache_file_is_rebuilt_never_used(tokenized, tmp_path, monke
         data.write_bytes(bytes(raw))
     counter = PrefixCounter(monkeypatch)
     with pytest.warns(UserWarning, match="does not match its recorded hash"):
-        again, line = disk_cache(model, tmp_path, tokenized=tokenized)
+        again, line = disk_cache(model, tmp_path, tokens)
     assert counter.calls > 0 and "built train+test" in line
     assert torch.equal(next(again["test"].batches(0))["hidden"], expected)
     counter.calls = 0
-    disk_cache(model, tmp_path, tokenized=tokenized)  # the rebuilt files are whole again: reused
+    disk_cache(model, tmp_path, tokens)  # the rebuilt files are whole again: reused
     assert counter.calls == 0
 
 
 @pytest.mark.parametrize("change", ["hidden_act", "layer_norm_eps", "transformers"])
-def test_cache_key_follows_config_numerics_and_library_versions(change, tokenized, tmp_path, monkeypatch):
+def test_cache_key_follows_config_numerics_and_library_versions(change, tokens, tmp_path, monkeypatch):
     import transformers
 
-    model = tiny(tokenized, "bert")
-    disk_cache(model, tmp_path, tokenized=tokenized)
+    model = tiny(tokens, "bert")
+    disk_cache(model, tmp_path, tokens)
     counter = PrefixCounter(monkeypatch)
     if change == "hidden_act":
         model.config.hidden_act = "relu"
@@ -356,11 +366,11 @@ def test_cache_key_follows_config_numerics_and_library_versions(change, tokenize
         model.config.layer_norm_eps = 1e-5
     else:
         monkeypatch.setattr(transformers, "__version__", "99.0.0")
-    _, line = disk_cache(model, tmp_path, tokenized=tokenized)
+    _, line = disk_cache(model, tmp_path, tokens)
     assert counter.calls > 0 and "built train+test" in line
 
 
-def test_temporaries_of_killed_builds_are_cleaned_and_live_ones_kept(tokenized, tmp_path):
+def test_temporaries_of_killed_builds_are_cleaned_and_live_ones_kept(tokens, tmp_path):
     import fcntl
 
     dead, live, young = (tmp_path / f".prefix-{name}.bin.abc123.tmp" for name in ("dead", "live", "young"))
@@ -371,18 +381,18 @@ def test_temporaries_of_killed_builds_are_cleaned_and_live_ones_kept(tokenized, 
     writer = os.open(live, os.O_RDONLY)
     fcntl.flock(writer, fcntl.LOCK_SH)  # what a live writer holds while it fills its temporary
     try:
-        disk_cache(tiny(tokenized, "bert"), tmp_path, tokenized=tokenized)
+        disk_cache(tiny(tokens, "bert"), tmp_path, tokens)
         assert not dead.exists() and live.exists() and young.exists()
     finally:
         os.close(writer)
 
 
-def test_cache_list_and_prune_by_age_and_size(tokenized, tmp_path):
+def test_cache_list_and_prune_by_age_and_size(tokens, tmp_path):
     from click.testing import CliRunner
 
     from sentune.cli import main
 
-    disk_cache(tiny(tokenized, "bert"), tmp_path, tokenized=tokenized)
+    disk_cache(tiny(tokens, "bert"), tmp_path, tokens)
     files = sorted(tmp_path.glob("prefix-*.bin"))
     old = files[0]
     os.utime(old, (os.path.getmtime(old) - 10 * 86400,) * 2)

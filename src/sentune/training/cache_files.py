@@ -136,7 +136,7 @@ def prune(root: Path, older_than_days: float | None = None, max_bytes: int | Non
           dry_run: bool = False) -> list[Entry]:
     """Remove cache files unused for `older_than_days`, then the least recently used ones until the rest
     fit `max_bytes`; and temporaries of dead writers. Returns the removed entries."""
-    now, kept, removed = time.time(), [], []
+    now, kept, removed = time.time(), [], []  # type: tuple[float, list[Entry], list[Entry]]
     for entry in entries(root):
         old = older_than_days is not None and now - entry.last_used > older_than_days * 86400
         (removed if old else kept).append(entry)
