@@ -408,3 +408,11 @@ def test_cache_list_and_prune_by_age_and_size(tokens, tmp_path):
     assert files[1].exists()
     CliRunner().invoke(main, ["cache", "prune", "--max-gb", "0", "--cache-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_storage_from_the_environment_for_new_sweeps_not_for_sqlite_resumes(tmp_path, monkeypatch):
+    from sentune.training import study
+
+    monkeypatch.setenv("SENTUNE_STORAGE", SECRET_URL)
+    assert study.given_storage(None) == SECRET_URL  # a new sweep: the password never on the command line
+    assert study.resumed_storage(None, None) is None  # a sweep on its own study.db is not moved by the variable

@@ -102,9 +102,10 @@ def train(preset: str | None, config_file: str | None, resume: str | None, **fla
 @click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default=None, help="[default: tpe]")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default=None,
               help="stops poor trials after an epoch [default: median]")
-@click.option("--storage", type=str, default=None, envvar="SENTUNE_STORAGE", show_envvar=True,
-              help="Optuna RDB URL shared by several processes/machines [default: sqlite in the sweep directory]; "
-                   "its password is never saved: give it again on --resume")
+@click.option("--storage", type=str, default=None,
+              help="Optuna RDB URL shared by several processes/machines, or $SENTUNE_STORAGE (keeps a password out "
+                   "of ps) [default: sqlite in the sweep directory]; its password is never saved: give it again "
+                   "on --resume")
 @click.option("--study-name", type=str, default=None, help="[default: the sweep directory's name]")
 @click.option("--keep-trial-weights", is_flag=True, default=None, help="keep every trial's best/ weights")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue a sweep directory")

@@ -83,10 +83,15 @@ def scrub(text: str, url: str) -> str:
     return text.replace(str(password), HIDDEN) if password else text
 
 
-def resumed_storage(saved: str | None, given: str | None) -> str | None:
+def given_storage(flag: str | None) -> str | None:
+    """--storage, else $SENTUNE_STORAGE, else None (sqlite in the sweep directory)."""
+    return flag or os.environ.get(STORAGE_ENV) or None
+
+
+def resumed_storage(saved: str | None, flag: str | None) -> str | None:
     """The storage URL a resumed sweep opens: the saved one (password hidden), completed by --storage or
-    $SENTUNE_STORAGE, which must name the same database."""
-    given = given or os.environ.get(STORAGE_ENV) or None
+    $SENTUNE_STORAGE, which must name the same database (the variable is not asked of a sqlite sweep)."""
+    given = flag or (given_storage(None) if saved else None)
     if given is None:
         if saved and HIDDEN in saved:
             raise ConfigError(f"the sweep's storage {saved} needs its password, which is never saved: give the "

@@ -86,6 +86,7 @@ def sweep(cfg: Config | None, space: dict | str | None = None, n_trials: int | N
             raise ConfigError("give a config (or resume a sweep directory)")
         raw_space = space if isinstance(space, dict) else space_lib.read_space(space)
         opts = SweepOptions(n_trials=20 if n_trials is None else n_trials, **options)
+        opts.storage = study_lib.given_storage(opts.storage)
     params = check(cfg, raw_space, opts)
     # --output-dir may be shared on purpose (several processes, one study); a default name never is
     sweep_dir = Path(cfg.run.output_dir or rundir.new_dir(rundir.default_dir(f"sweep-{cfg.run.preset or 'run'}")))
