@@ -59,7 +59,7 @@ class RunLock:
             return
         os.close(self.fd)  # closing drops the flock
         self.fd = -1
-        if self.created and os.listdir(self.path) == [LOCK_NAME]:
+        if os.listdir(self.path) == [LOCK_NAME]:
             (self.path / LOCK_NAME).unlink(missing_ok=True)
             for folder in self.created:
                 with contextlib.suppress(OSError):
@@ -117,7 +117,11 @@ def _create(path: Path, new_name: bool) -> tuple[Path, list[Path]]:
 def _lock_fd(path: Path) -> int:
     import fcntl
 
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise WriteError(f"cannot lock the run directory {path} ({LOCK_NAME}): {e.strerror or e}; a run needs "
+                         "a folder it may write to") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
