@@ -50,7 +50,9 @@ def test_card_body_tells_the_recipe_data_and_use(run_dir):
     assert "best validation accuracy" in text
     for split in ("train", "validation", "test"):
         d = manifest["data"][split]
-        assert f"| {split} | {d['source']} | {d['rows']:,} |" in text and d["fingerprint"][:16] in text
+        # a local file by its name only: the card is published, the machine's paths are not
+        assert f"| {split} | {Path(d['source']).name} | {d['rows']:,} |" in text and d["fingerprint"][:16] in text
+        assert str(Path(d["source"]).parent) not in text
     assert "first 8 and the last remaining tokens (`--truncation head+tail`)" in text
     assert "Not calibrated" in text and 'pipeline("text-classification"' in text and "## Limitations" in text
 
@@ -70,12 +72,14 @@ def test_evaluate_update_card_adds_a_data_set(run_dir, module_toy_files, tmp_pat
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output.splitlines()[-1])
     card = ModelCard.load(best / "README.md")
-    added = [r for r in card.data.eval_results if r.dataset_type == str(module_toy_files["validation"])]
+    # named by its file name only: the card is published, the machine's paths are not
+    added = [r for r in card.data.eval_results if r.dataset_type == module_toy_files["validation"].name]
     assert {r.metric_type for r in added} == {"accuracy", "f1", "recall", "ece"}
     assert next(r for r in added if r.metric_type == "accuracy").metric_value == pytest.approx(metrics["accuracy"],
                                                                                                abs=1e-4)
     assert len(card.data.eval_results) == len(before.data.eval_results) + 4  # the test results are kept
-    assert card.text.count("<!-- sentune:results -->") == 1 and str(module_toy_files["validation"]) in card.text
+    assert card.text.count("<!-- sentune:results -->") == 1 and module_toy_files["validation"].name in card.text
+    assert str(module_toy_files["validation"].parent) not in card.text
     assert card.text.split("## Training recipe")[1] == before.text.split("## Training recipe")[1]
     CliRunner().invoke(main, args)  # the same data again replaces, never duplicates
     assert len(ModelCard.load(best / "README.md").data.eval_results) == len(card.data.eval_results)

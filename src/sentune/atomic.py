@@ -1,8 +1,11 @@
 """Atomic writes: a file or a folder is replaced whole or not at all.
 
 Everything is written to a temporary sibling, flushed to disk and renamed into place, so a crash, a kill or
-a full disk never leaves a half-written file where a good one was. A failed write is a `WriteError` that
-names the path and says the previous copy is unchanged.
+a full disk never leaves a half-written file where a good one was; the folder holding it is flushed after the
+rename, so the new name survives a power loss too. A failed write is a `WriteError` that names the path and
+says the previous copy is unchanged. Files and folders get the modes an ordinary `open`/`mkdir` would give
+(0666 / 0777 less the umask), not mkstemp's private 0600 / 0700, so a model trained by one user can be
+served by another where the umask allows it.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ def atomic_file(path: Path, write: Callable[[Path], object]) -> None:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         tmp = Path(name)
+        tmp.chmod(0o666 & ~umask())
         write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException as e:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -63,6 +68,7 @@ def atomic_dir(target: Path, write: Callable[[Path], object]) -> None:
     try:
         recover(target)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        tmp.chmod(0o777 & ~umask())
         write(tmp)
         _fsync_tree(tmp)
         _swap_in(tmp, target)
@@ -93,6 +99,7 @@ def recover(target: Path) -> None:
 
 def _swap_in(tmp: Path, target: Path) -> None:
     if target.exists() and _exchange(tmp, target):
+        fsync_dir(target.parent)
         shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
         return
     old = target.with_name(f".{target.name}.old")
@@ -100,6 +107,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
     os.replace(tmp, target)
+    fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -125,6 +133,39 @@ def _fsync_tree(folder: Path) -> None:
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             _fsync(path)
+    for path in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        fsync_dir(path)
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """A rename lives in its folder's entries: flush them, else a power loss can undo a finished rename.
+    Systems that cannot open or flush a folder (Windows, some network file systems) skip it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else set back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

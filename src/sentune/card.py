@@ -10,6 +10,7 @@ table sits between two markers so it can be redrawn from the metadata without to
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from sentune.atomic import atomic_write_text
@@ -36,6 +37,23 @@ def hub_id(spec: str | None) -> str | None:
     return spec
 
 
+def public_name(spec) -> str:
+    """How a published card names a model or data source: a Hub id or package as given, a local path by its
+    last part only (the rest says nothing to a reader and tells the world how this machine is laid out)."""
+    spec = str(spec or "")
+    if not spec or spec.startswith("package:") or hub_id(spec):
+        return spec
+    return Path(spec).name or spec
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+
+
+def md(text) -> str:
+    """Text from the data (label names, file names) as literal markdown: no links, markup, HTML or table cells."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
+
+
 def base_card_data(spec: str) -> dict:
     """The base model's own card metadata (license, base_model), when it is a local folder or package."""
     from huggingface_hub import ModelCard
@@ -53,6 +71,7 @@ def base_card_data(spec: str) -> dict:
 def eval_results(metrics: dict, model_name: str, source: str, split: str, n: int) -> list:
     from huggingface_hub import EvalResult
 
+    source = public_name(source)
     return [EvalResult(task_type="text-classification", task_name="Text Classification",
                        dataset_type=hub_id(source) or source, dataset_name=f"{source} ({split}, n={n})",
                        dataset_split=split, metric_type=kind, metric_name=name,
@@ -66,7 +85,8 @@ def finite(value) -> bool:
 
 def results_table(results: list) -> str:
     rows = ["| data | split | metric | value |", "|---|---|---|---:|"]
-    rows += [f"| {r.dataset_name} | {r.dataset_split} | {r.metric_name} | {r.metric_value:.4f} |" for r in results]
+    rows += [f"| {md(r.dataset_name)} | {md(r.dataset_split)} | {r.metric_name} | {r.metric_value:.4f} |"
+             for r in results]
     return "\n".join([RESULTS_BEGIN, *rows, RESULTS_END])
 
 
@@ -99,7 +119,8 @@ def build_card(run_dir: Path):
 def card_body(name: str, cfg: dict, manifest: dict, model_cfg: dict, base_spec: str, base: dict,
               results: list) -> str:
     labels = manifest.get("label_names") or list(model_cfg.get("id2label", {}).values())
-    parts = [f"# {name}\n\nA text classifier ({', '.join(labels)}) fine-tuned from `{base_spec}` with "
+    parts = [f"# {md(name)}\n\nA text classifier ({', '.join(md(label) for label in labels)}) fine-tuned from "
+             f"`{public_name(base_spec).replace('`', '')}` with "
              f"sentune {manifest.get('versions', {}).get('sentune', '')}.",
              "## Results\n\nThe selected weights, scored once on each data set.\n\n" + results_table(results),
              recipe_section(cfg, manifest), data_section(manifest), calibration_section(model_cfg, results),
@@ -135,9 +156,9 @@ def precision_name(used: str | None, asked: str) -> str:
 def data_section(manifest: dict) -> str:
     rows = ["| split | source | rows | label counts | fingerprint |", "|---|---|---:|---|---|"]
     for split, d in (manifest.get("data") or {}).items():
-        counts = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+        counts = ", ".join(f"{md(k)} {v:,}" if isinstance(v, int) else f"{md(k)} {md(v)}"
                            for k, v in (d.get("label_counts") or {}).items())
-        rows.append(f"| {split} | {d.get('source', '')} | {d.get('rows', 0):,} | {counts} | "
+        rows.append(f"| {split} | {md(public_name(d.get('source')))} | {d.get('rows', 0):,} | {counts} | "
                     f"`{str(d.get('fingerprint', ''))[:16]}` |")
     return "## Data\n\n" + "\n".join(rows)
 
@@ -191,7 +212,7 @@ def usage_section() -> str:
 def limitations_section(cfg: dict, base: dict) -> str:
     languages = base.get("language")
     language = ", ".join(languages) if isinstance(languages, list) else languages
-    source = cfg["data"].get("dataset") or cfg["data"].get("train_file")
+    source = public_name(cfg["data"].get("dataset") or cfg["data"].get("train_file")).replace("`", "")
     other_languages = f", and on languages other than {language}" if language else ""
     return (f"## Limitations\n\nTrained on `{source}` only: expect lower accuracy on other kinds of text "
             f"(other domains, lengths or time periods){other_languages}. "

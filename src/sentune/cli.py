@@ -104,7 +104,9 @@ def train(preset: str | None, config_file: str | None, resume: str | None, **fla
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default=None,
               help="stops poor trials after an epoch [default: median]")
 @click.option("--storage", type=str, default=None,
-              help="Optuna RDB URL shared by several processes/machines [default: sqlite in the sweep directory]")
+              help="Optuna RDB URL shared by several processes/machines, or $SENTUNE_STORAGE (keeps a password out "
+                   "of ps) [default: sqlite in the sweep directory]; its password is never saved: give it again "
+                   "on --resume")
 @click.option("--study-name", type=str, default=None, help="[default: the sweep directory's name]")
 @click.option("--keep-trial-weights", is_flag=True, default=None, help="keep every trial's best/ weights")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue a sweep directory")
@@ -125,10 +127,11 @@ def sweep(preset: str | None, config_file: str | None, search: str | None, n_tri
         flags.pop(k, None)
     given = {k: v for k, v in flags.items() if v is not None}
     if resume:
+        trust = given.pop("trust_remote_code", False)
         if preset or config_file or search or given:
-            raise SentuneError("--resume continues a sweep with its own settings; only --n-trials and "
-                               "--timeout may be given")
-        run_sweep(None, n_trials=n_trials, resume=resume, **options)
+            raise SentuneError("--resume continues a sweep with its own settings; only --n-trials, --timeout, "
+                               "--storage (its password) and --trust-remote-code may be given")
+        run_sweep(None, n_trials=n_trials, resume=resume, trust_remote_code=trust, **options)
         return
     cfg = config_lib.resolve(preset or "imdb", config_file, given)
     run_sweep(cfg, search, n_trials, **options)
@@ -440,3 +443,61 @@ def push(run_dir: str, repo_id: str, private: bool, include_onnx: bool, dry_run:
             click.echo(line)
         return
     click.echo(f"pushed {len(plan.files)} files to {repo_id}: {push_plan(plan)}")
+
+
+# ---- cache: the frozen-layer cache files -------------------------------------------------------------
+CACHE_DIR_OPTION = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                                help="the folder train's --cache-dir wrote to [default: the user cache folder]")
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and bound the frozen-layer cache (train --cache disk|auto keeps one file per split)."""
+
+
+def cache_root(cache_dir: str | None):
+    from pathlib import Path
+
+    from sentune.training.cache import default_cache_dir
+
+    return Path(cache_dir or default_cache_dir())
+
+
+@cache.command("list")
+@CACHE_DIR_OPTION
+def cache_list(cache_dir: str | None) -> None:
+    """One line per cached split (size, days since last use, model, depth), most recent first; totals per model."""
+    import time
+
+    from sentune.training.cache_files import entries
+
+    root, now = cache_root(cache_dir), time.time()
+    found = entries(root)
+    for entry in found:
+        click.echo(entry.line(now))
+    per_model: dict[str, int] = {}
+    for entry in found:
+        per_model[entry.model] = per_model.get(entry.model, 0) + entry.size
+    for model, size in sorted(per_model.items(), key=lambda kv: -kv[1]):
+        click.echo(f"{size / 1e6:10,.1f} MB  total for {model}")
+    click.echo(f"{sum(e.size for e in found) / 1e6:,.1f} MB in {len(found)} files under {root}")
+
+
+@cache.command("prune")
+@CACHE_DIR_OPTION
+@click.option("--older-than", type=click.FloatRange(min=0), default=None, help="remove files unused for DAYS")
+@click.option("--max-gb", type=click.FloatRange(min=0), default=None,
+              help="then remove the least recently used files until the rest fit in N GB")
+@click.option("--dry-run", is_flag=True, help="list what would be removed and stop")
+def cache_prune(cache_dir: str | None, older_than: float | None, max_gb: float | None, dry_run: bool) -> None:
+    """Remove cache files by age and size, and temporaries left by killed builds (always)."""
+    import time
+
+    from sentune.training.cache_files import prune
+
+    root = cache_root(cache_dir)
+    removed = prune(root, older_than, None if max_gb is None else int(max_gb * 1e9), dry_run=dry_run)
+    now = time.time()
+    for entry in removed:
+        click.echo(("would remove " if dry_run else "removed ") + entry.line(now))
+    click.echo(f"{'would free' if dry_run else 'freed'} {sum(e.size for e in removed) / 1e6:,.1f} MB under {root}")

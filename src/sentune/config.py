@@ -6,11 +6,16 @@ every run directory as `config.yaml` (and read back by `--resume`).
 
 Precedence: built-in defaults < preset < --config file < command-line flags.
 The built-in defaults are the reference recipe (the `imdb` preset).
+
+`model.trust_remote_code` runs a model repository's own Python code, so only a command-line flag given on
+this very command may turn it on: true in a preset, a --config file or a run's saved config.yaml/sweep.json
+(a downloaded run, resumed) is ignored with a note.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -130,6 +135,7 @@ class RunConfig:
     report_to: str = knob("none", "none | tensorboard | mlflow | wandb | comet_ml | all (the installed ones): "
                           "per-epoch metrics via Accelerate's trackers")
     resume: str | None = knob(None, "run directory to continue")
+    overwrite: bool = knob(False, "replace a non-empty --output-dir that holds an earlier run (else refused)")
 
 
 @dataclass
@@ -217,6 +223,11 @@ def preset_dict(name: str) -> dict:
         return read_yaml(p, "preset")
 
 
+FLAG_SOURCE = "flag"  # the `source` of values given on the command line (apply's caller names it)
+# Fields only a command-line flag may switch on, and why: a file (a downloaded run's config.yaml) must not.
+FLAG_ONLY = {"trust_remote_code": "remote model code runs only when --trust-remote-code is given on this command"}
+
+
 def apply(cfg: Config, overrides: dict, source: str) -> Config:
     """Overlay a nested {section: {field: value}} mapping onto `cfg`, checking names, types and choices."""
     known = {(s, f.name): tp for s, f, tp in iter_fields()}
@@ -227,6 +238,9 @@ def apply(cfg: Config, overrides: dict, source: str) -> Config:
             if (section, name) not in known:
                 raise ConfigError(f"{source}: unknown field {section}.{name}")
             value = coerce(value, known[(section, name)], f"{source}: {section}.{name}")
+            if name in FLAG_ONLY and value and source != FLAG_SOURCE:
+                print(f"note: {source}: {section}.{name}: {value} ignored; {FLAG_ONLY[name]}", file=sys.stderr)
+                continue
             setattr(getattr(cfg, section), name, value)
     return cfg
 
@@ -265,7 +279,7 @@ def resolve(preset: str | None = None, config_file: str | None = None, flags: di
     if config_file:
         apply(cfg, read_yaml(config_file, "config file"), f"config file {config_file}")
     if flags:
-        apply(cfg, nest(flags), "flag")
+        apply(cfg, nest(flags), FLAG_SOURCE)
     validate(cfg)
     return cfg
 

@@ -50,8 +50,7 @@ def plan_upload(run_dir: str | Path, repo_id: str, private: bool = False, includ
         from sentune.card import write_card
 
         write_card(run)  # runs from before cards existed
-    files = {f.relative_to(folder).as_posix(): f for f in sorted(folder.rglob("*"))
-             if f.is_file() and not f.name.startswith(".")}
+    files = folder_files(folder)
     if include_onnx:
         files.update(onnx_files(folder))
     return Plan(repo_id, folder, files, private)
@@ -61,9 +60,24 @@ def onnx_files(folder: Path) -> dict[str, Path]:
     """The `sentune export` folder next to best/ (best-onnx, or best-onnx-int8), under onnx/ in the repo."""
     for candidate in (folder.with_name(f"{folder.name}-onnx"), folder.with_name(f"{folder.name}-onnx-int8")):
         if (candidate / "model.onnx").is_file():
-            return {f"{ONNX_PREFIX}/{f.relative_to(candidate).as_posix()}": f
-                    for f in sorted(candidate.rglob("*")) if f.is_file() and not f.name.startswith(".")}
+            return {f"{ONNX_PREFIX}/{dest}": f for dest, f in folder_files(candidate).items()}
     raise ConfigError(f"--include-onnx: no ONNX export next to {folder}; create one with: sentune export {folder}")
+
+
+def folder_files(folder: Path) -> dict[str, Path]:
+    """Every file the folder holds (hidden ones left out), by its path inside it. A link that leads out of the
+    folder is refused: push uploads the model, never what a link points at elsewhere (a key, a home folder)."""
+    root = folder.resolve()
+    files = {}
+    for f in sorted(folder.rglob("*")):
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        target = f.resolve()
+        if not target.is_relative_to(root):
+            raise ConfigError(f"{f} links to {target}, outside {folder}; push uploads only what the folder "
+                              "holds: put a copy there instead of the link, or remove it")
+        files[f.relative_to(folder).as_posix()] = f
+    return files
 
 
 def push(plan: Plan, api=None) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentune.data.limits import lines, open_gzip_text, read_all
 from sentune.data.text import encodable
 from sentune.errors import DataError
 
@@ -70,9 +71,10 @@ def file_format(path: Path) -> str:
 
 
 def open_text(path: Path) -> io.TextIOBase:
-    """Open (gzip-aware) as UTF-8 text; a BOM is dropped, a bad byte raises UnicodeDecodeError on read."""
+    """Open (gzip-aware, capped: data/limits.py) as UTF-8 text; a BOM is dropped, a bad byte raises
+    UnicodeDecodeError on read."""
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+        return open_gzip_text(path)
     return open(path, encoding="utf-8-sig", newline="")
 
 
@@ -159,7 +161,7 @@ def _missing_column(path: Path, column: str, present: list, where: str) -> DataE
 
 def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
     with open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = csv.reader(lines(f, path), delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
@@ -184,7 +186,7 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
     with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
+        for line_no, line in enumerate(lines(f, path), start=1):
             if line.strip():
                 yield line_no, _json_object(line, f"{path} line {line_no}")
 
@@ -219,7 +221,7 @@ def _valid_unicode(value, raw: str):
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
     """A .json file: a list of objects, {"data": [...]}, or (often mislabelled) JSON Lines."""
     with open_text(path) as f:
-        content = f.read()
+        content = read_all(f, path)
     try:
         document = _valid_unicode(json.loads(content), content)
     except ValueError:
@@ -358,11 +360,11 @@ def read_texts(path: str, text_column: str = "text") -> Iterator[dict]:
     try:
         with open_text(file) as f:
             if fmt in ("csv", "tsv"):
-                yield from _csv_texts(f, path, "," if fmt == "csv" else "\t", text_column)
+                yield from _csv_texts(lines(f, path), path, "," if fmt == "csv" else "\t", text_column)
             elif fmt in ("jsonl", "json"):
-                yield from _jsonl_texts(f, path, text_column)
+                yield from _jsonl_texts(lines(f, path), path, text_column)
             else:
-                yield from _plain_texts(f)
+                yield from _plain_texts(lines(f, path))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
     except (OSError, EOFError) as e:
@@ -377,15 +379,14 @@ def _plain_texts(lines) -> Iterator[dict]:
 
 
 def _stdin_texts(stream, text_column: str) -> Iterator[dict]:
-    first = stream.readline()
+    import itertools
+
+    rows = lines(stream, "stdin")
+    first = next(rows, "")
     if first.lstrip().startswith("{"):
-        import itertools
-
-        yield from _jsonl_texts(itertools.chain([first], stream), "stdin", text_column)
+        yield from _jsonl_texts(itertools.chain([first], rows), "stdin", text_column)
     elif first:
-        import itertools
-
-        yield from _plain_texts(itertools.chain([first], stream))
+        yield from _plain_texts(itertools.chain([first], rows))
 
 
 def _text_row(record: dict, where: str, text_column: str, path: str) -> dict:

@@ -33,6 +33,11 @@ def _figure(inches: tuple[float, float]):
     return Figure(figsize=inches, dpi=DPI)
 
 
+def plot_text(name) -> str:
+    """A label name as matplotlib text: an unescaped `$` would start mathtext (`price $x^{$` is a parse error)."""
+    return str(name).replace("$", r"\$")
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     try:
@@ -53,9 +58,9 @@ def plot_confusion(cm: Sequence[Sequence[int]], label_names: Sequence[str], path
     fig.colorbar(image, ax=ax, label="share of the true class")
     k = len(label_names)
     slanted = k > 4  # long or many names would overlap
-    ax.set_xticks(range(k), labels=label_names, rotation=45 if slanted else 0,
-                  ha="right" if slanted else "center")
-    ax.set_yticks(range(k), labels=label_names)
+    names = [plot_text(name) for name in label_names]
+    ax.set_xticks(range(k), labels=names, rotation=45 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_yticks(range(k), labels=names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fontsize = 10 if k <= 6 else max(5, 60 // k)

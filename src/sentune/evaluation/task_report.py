@@ -18,13 +18,13 @@ RESIDUAL_INCHES = (5.0, 3.5)
 
 def plot_per_label_f1(metrics: dict, path: str | Path) -> Path:
     """Horizontal bars of every label's F1 at its threshold, worst at the bottom, macro-F1 as a line."""
-    from sentune.evaluation.report import _figure, _save
+    from sentune.evaluation.report import _figure, _save, plot_text
 
     rows = sorted(metrics["per_label"].items(), key=lambda kv: kv[1]["f1"])
     fig = _figure(BAR_INCHES)
     ax = fig.subplots()
     ax.barh(range(len(rows)), [r["f1"] for _, r in rows], color="tab:blue")
-    ax.set_yticks(range(len(rows)), labels=[f"{name} ({r['support']})" for name, r in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), labels=[f"{plot_text(name)} ({r['support']})" for name, r in rows], fontsize=7)
     ax.axvline(metrics["macro_f1"], color="tab:red", linestyle="--", label=f"macro-F1 {metrics['macro_f1']:.3f}")
     ax.set(xlim=(0, 1), xlabel="F1 (support in brackets)", title="F1 per label")
     ax.legend(fontsize=8, loc="lower right")

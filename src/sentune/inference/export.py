@@ -30,6 +30,7 @@ from sentune.inference.classifier import ONNX_FILE, Classifier
 CHECK_LIMIT = 1000  # rows of --check-file used for the parity check
 # Regression: an exported value agrees when within this share of the targets' std (or absolutely, unscaled)
 REGRESSION_TOLERANCE = 0.01
+EXPORT_RECORD = "export.json"  # written last into every export: the mark --overwrite looks for
 
 BUILTIN_TEXTS = [
     "I loved this movie, the acting was superb and the story kept me hooked.",
@@ -280,8 +281,7 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, fmt: str 
         raise ConfigError("--min-agreement must be between 0 and 1")
     model_dir = Path(model_dir)
     out = Path(output) if output else default_output(model_dir, quantize)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose --output")
+    check_replaceable(out, overwrite)
     texts = check_texts_from(check_file, text_column)
     reference = Classifier.load(model_dir, backend="torch", device="cpu", precision="fp32")  # as the ONNX graph
     checked: list[Parity] = []
@@ -292,11 +292,23 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, fmt: str 
         if result.agreement < min_agreement:
             raise ModelError(failure_message(result, min_agreement, quantize))
         info = {"format": fmt, "quantize": quantize, "source": str(model_dir.resolve()), **asdict(result)}
-        (folder / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+        (folder / EXPORT_RECORD).write_text(json.dumps(info, indent=2) + "\n")
         checked.append(result)
 
     atomic_dir(out, write)
     return out, checked[0]
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """--overwrite replaces an earlier export only: a folder without the export.json an export writes (a model,
+    a home folder, a typo in --output) is never deleted."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose --output")
+    if out.is_symlink() or not out.is_dir() or not (out / EXPORT_RECORD).is_file():
+        raise ConfigError(f"{out} is not a sentune export (no {EXPORT_RECORD}); --overwrite replaces only an "
+                          "earlier export, so nothing was deleted: choose another --output")
 
 
 def build(model_dir: Path, tmp: Path, reference: Classifier, quantize: str | None) -> None:

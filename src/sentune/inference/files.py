@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from sentune.inference.classifier import Classifier
 
@@ -87,12 +87,14 @@ class JsonlWriter:
 class CsvWriter:
     """CSV with one `prob_<label>` column per class; the header comes from the first record.
 
-    Multi-label: `labels` holds the chosen names joined by ","; regression: one `value` column."""
+    Multi-label: `labels` holds the chosen names joined by ","; regression: one `value` column. Text cells that a
+    spreadsheet would run as a formula (starting with = + - @, tab or CR) get a leading ' (OWASP's advice)."""
 
     def __init__(self, out: IO[str], labels: list[str]):
         self.out = out
         self.labels = labels
-        self.writer: csv.DictWriter | None = None
+        self.writer: Any = None  # csv.writer, made with the header from the first record
+        self.columns: list[str] = []
 
     def write(self, record: dict) -> None:
         flat = {k: v for k, v in record.items() if k != "probs"}
@@ -100,9 +102,20 @@ class CsvWriter:
             flat["labels"] = ",".join(item["label"] for item in record["labels"])
         flat.update({f"prob_{label}": p for label, p in (record.get("probs") or {}).items()})
         if self.writer is None:
-            self.writer = csv.DictWriter(self.out, fieldnames=list(flat), extrasaction="ignore", restval="")
-            self.writer.writeheader()
-        self.writer.writerow(flat)
+            self.writer = csv.writer(self.out)
+            self.writer.writerow([spreadsheet_safe(name) for name in flat])
+            self.columns = list(flat)
+        self.writer.writerow([spreadsheet_safe(flat.get(name, "")) for name in self.columns])
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell that no spreadsheet evaluates: text starting like a formula is prefixed with '."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def write_predictions(clf: Classifier, rows: Iterable[dict], out: IO[str], *, fmt: str = "jsonl",

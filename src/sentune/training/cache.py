@@ -9,8 +9,11 @@ full model's logits (tests/test_cache.py).
 Where it lives (`mode`): `memory` (a tensor in RAM), `disk` (a memory-mapped file under `cache_dir`), `auto`
 (memory when it fits a RAM budget, else disk; either way it is also written to disk when there is room, so a
 later run reuses it), `off`. Files are content-addressed: the key covers the prefix weights, K, the exact
-token ids of the split, the storage dtype, the format version and the caller's `fingerprint_parts`, and are
-written under a temporary name then renamed, so a crash never leaves a half cache that is reused.
+token ids of the split, the storage dtype, the model config's numerics (hidden_act, layer_norm_eps, ...), the
+torch and transformers versions, the format version and the caller's `fingerprint_parts`. They are written
+under a temporary name then renamed, so a crash never leaves a half cache that is reused, and carry a SHA-256
+that is checked before every reuse (cache_files.py, which also cleans temporaries of killed writers and
+backs `sentune cache list|prune`).
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ import numpy as np
 import torch
 
 from sentune import model as model_lib
-from sentune.atomic import atomic_file, atomic_write_json
 from sentune.data.batches import BatchPlan, Feed, padded_length
 from sentune.data.padding import pad_rows
 from sentune.errors import WriteError
+from sentune.training import cache_files
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: metadata holds the data's sha256; keys cover config numerics and library versions
 RAM_FRACTION = 0.25  # auto keeps the cache in RAM when it needs at most this share of the available memory
 BUILD_BATCH = 32  # examples per prefix batch while building (forward only, length-sorted)
 # numpy has no bf16: files hold the raw bits as same-width integers
@@ -88,6 +91,8 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
     need = sum(int(f.row_lengths.sum()) for f in feeds.values()) * hidden_size * itemsize
     in_memory = mode == "memory" or (mode == "auto" and need <= RAM_FRACTION * available_ram())
     persist = mode == "disk" or (mode == "auto" and _disk_has_room(root, need))
+    if persist:
+        cache_files.clean_stale(root)  # what a killed build left: multi-GB temporaries nobody will finish
     if dropout_seed is not None:  # a dropout run is another function of the tokens (and of the rates): its own files
         rates = {name: getattr(model.config, name, None) for name in ("attention_probs_dropout_prob",
                                                                         "hidden_dropout_prob")}
@@ -166,7 +171,7 @@ def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | N
     if in_memory or path is None:
         flat = torch.empty(shape, dtype=dtype)
         _run_prefix(model, k, feed, device, flat, offsets, run, dropout_seed)
-        if path is not None and not _save_copy(flat, dtype, path, feed):
+        if path is not None and not _save_copy(flat, dtype, path, _meta(model, k, feed, dtype)):
             path = None  # the copy on disk is only for later runs: this run goes on from memory
         return SplitCache(flat, offsets, lengths, "built", path)
 
@@ -177,17 +182,17 @@ def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | N
         del array
 
     try:
-        _publish(path, fill, feed)
+        cache_files.publish(path, fill, _meta(model, k, feed, dtype))
     except WriteError as e:
         raise WriteError(f"frozen-layer cache: {e}; free space, choose another --cache-dir, "
                          "or use --cache memory/off") from None
     return SplitCache(_load(path, dtype, mmap=True), offsets, lengths, "built", path)
 
 
-def _save_copy(flat: torch.Tensor, dtype: torch.dtype, path: Path, feed: Feed) -> bool:
+def _save_copy(flat: torch.Tensor, dtype: torch.dtype, path: Path, meta: dict) -> bool:
     """Keep an in-memory cache on disk for later runs; a failure there only costs reuse, so warn and go on."""
     try:
-        _publish(path, lambda tmp: _save_array(tmp, flat.view(_BITS[dtype]).numpy()), feed)
+        cache_files.publish(path, lambda tmp: _save_array(tmp, flat.view(_BITS[dtype]).numpy()), meta)
         return True
     except WriteError as e:
         warnings.warn(f"could not keep the frozen-layer cache in {path.parent} ({e}); "
@@ -229,20 +234,19 @@ def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: 
         model.train(was_training)
 
 
-def _publish(path: Path, fill: Callable[[Path], None], feed: Feed) -> None:
-    """Data, then metadata, each written atomically: readers never see a half cache (they need both)."""
-    atomic_file(path, fill)
-    meta = {"format": FORMAT_VERSION, "examples": int(len(feed.row_lengths)), "tokens": int(feed.row_lengths.sum())}
-    atomic_write_json(path.with_suffix(".json"), meta)
+def _meta(model, k: int, feed: Feed, dtype: torch.dtype) -> dict:
+    """What a cache file's metadata says besides its hash (cache_files.publish adds that and the time)."""
+    return {"format": FORMAT_VERSION, "examples": int(len(feed.row_lengths)), "tokens": int(feed.row_lengths.sum()),
+            "model": getattr(model.config, "_name_or_path", "") or model.config.model_type, "depth": k,
+            "dtype": str(dtype).removeprefix("torch.")}
 
 
 def _reuse(path: Path, feed: Feed, hidden_size: int, dtype: torch.dtype,
            in_memory: bool) -> SplitCache | None:
-    meta_path = path.with_suffix(".json")
-    if not (path.is_file() and meta_path.is_file()):
+    meta = cache_files.read_checked(path)  # None: missing, or not what was written (then rebuilt)
+    if meta is None:
         return None
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         flat = _load(path, dtype, mmap=not in_memory)
     except (OSError, ValueError):
         return None  # unreadable: rebuild (and overwrite) it
@@ -272,6 +276,7 @@ def _model_keys(model, k: int, dtype: torch.dtype, parts: dict) -> dict[int, str
     """Identity of the prefix at every depth 1..K as a function (exact weights, depth, attention kernel,
     dtypes, caller's parts), in one pass over the weights: depth j's hash is the running hash after layer j-1."""
     modules = model_lib.prefix_modules(model, k)
+    numerics = config_numerics(model.config)
     h, keys = hashlib.sha256(), {}
     for depth, module in enumerate(modules):
         for name, tensor in module.state_dict().items():
@@ -279,9 +284,24 @@ def _model_keys(model, k: int, dtype: torch.dtype, parts: dict) -> dict[int, str
             h.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
         if depth >= 1:  # modules[0] is the embeddings: depth 1 = embeddings + layer 0
             extra = [FORMAT_VERSION, depth, str(dtype), str(next(model.parameters()).dtype),
-                     getattr(model.config, "_attn_implementation", None), parts]
+                     getattr(model.config, "_attn_implementation", None), parts, numerics]
             keys[depth] = _digest(h.hexdigest(), json.dumps(extra, sort_keys=True, default=str))
     return keys
+
+
+# Config entries that do not change what the frozen prefix computes in eval mode (labels, bookkeeping, dropout:
+# a dropout run keys its rates itself); everything else (hidden_act, layer_norm_eps, position embeddings, ...) does.
+NOT_NUMERICS = {"id2label", "label2id", "problem_type", "sentune", "_name_or_path", "transformers_version",
+                "architectures", "finetuning_task", "classifier_dropout", "hidden_dropout_prob",
+                "attention_probs_dropout_prob", "attention_dropout", "dropout", "torch_dtype", "dtype"}
+
+
+def config_numerics(config) -> dict:
+    """The model config's entries that change the numbers, plus the library versions that compute them."""
+    import transformers
+
+    numbers = {k: v for k, v in config.to_dict().items() if k not in NOT_NUMERICS}
+    return {"config": numbers, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _tokens_digest(feed: Feed) -> str:

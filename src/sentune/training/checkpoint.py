@@ -32,7 +32,8 @@ from sentune.errors import ConfigError, DataError
 NAME = "checkpoint"
 FORMAT = 1
 # Flags that may change on --resume: they do not alter what the finished epochs computed.
-RESUMABLE = ("epochs", "patience", "progress", "save_every_steps", "report_to", "on_nan", "cache", "cache_dir")
+RESUMABLE = ("epochs", "patience", "progress", "save_every_steps", "report_to", "on_nan", "cache", "cache_dir",
+             "trust_remote_code")  # the last: never read from config.yaml, so it is given again (config.FLAG_ONLY)
 
 
 @dataclass
@@ -53,6 +54,8 @@ def resume_config(run_dir: str | Path, flags: dict, *, preset: str | None = None
                   config_file: str | None = None) -> Config:
     """The config a run was started with (its config.yaml), plus the few flags that may change."""
     run = Path(run_dir)
+    if run.is_dir():
+        rundir.check_unlocked(run)  # before touching anything: the first process may still be writing
     for folder in (NAME, "best"):  # what a kill during a save left behind (temporary or renamed-aside folders)
         if run.is_dir():
             rundir.recover(run / folder)
@@ -68,7 +71,7 @@ def resume_config(run_dir: str | Path, flags: dict, *, preset: str | None = None
         raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming (the finished steps "
                           f"used the run's value); only {allowed} may")
     cfg = config_lib.load(run / "config.yaml")
-    config_lib.apply(cfg, config_lib.nest(flags), "flag")
+    config_lib.apply(cfg, config_lib.nest(flags), config_lib.FLAG_SOURCE)
     config_lib.validate(cfg)
     cfg.run.output_dir, cfg.run.resume = str(run), str(run)
     return cfg

@@ -50,6 +50,7 @@ def fit(cfg: Config, shared: Shared | None = None) -> tuple[Prepared, TrainState
             finish(p, state, stopped_early)
         finally:  # an interrupted or failed run keeps what its trackers logged so far
             tracking.end(p.accelerator)
+            p.release()
     return p, state
 
 

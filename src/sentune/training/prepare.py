@@ -54,6 +54,11 @@ class Prepared:
     net: Any = None  # what a training step calls: model.SplitModel, wrapped by DDP with several processes
     stop: Any = None  # guards.StopRequest while the epochs run
     shared: Shared | None = None  # set when the run is one trial of a sweep
+    run_lock: Any = None  # rundir.RunLock on the main process: the run owns its directory until release()
+
+    def release(self) -> None:
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     @property
     def is_main(self) -> bool:
@@ -65,12 +70,27 @@ class Prepared:
 
 
 def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
+    """Everything before the first step; the run directory stays locked until the returned `release()`
+    (a failure here releases it, and takes it back when nothing was written yet)."""
+    locks: list = []
+    try:
+        p = _prepare(cfg, shared, locks)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    p.run_lock = locks[0] if locks else None
+    return p
+
+
+def _prepare(cfg: Config, shared: Shared | None, locks: list) -> Prepared:
     import transformers
     from accelerate.utils import set_seed
 
     transformers.utils.logging.disable_progress_bar()  # one bar per epoch is the only bar we want
     transformers.utils.logging.set_verbosity_error()  # the new head's "MISSING weights" report is expected
-    acc, run_dir = make_accelerator(cfg, lambda processes: resolve_run_dir(cfg, processes))
+    existing = bool(cfg.run.resume) or shared is not None  # a resume, or a trial of a sweep (which made its dir)
+    acc, run_dir = make_accelerator(cfg, lambda processes: resolve_run_dir(cfg, processes, locks, existing))
 
     set_seed(cfg.train.seed)  # before the head is created: its random init depends on it
     say = print if acc.is_main_process else (lambda *a, **k: None)
@@ -115,18 +135,21 @@ def shape_head(cfg: Config, model) -> None:
         model_lib.init_head_as_linear(model)
 
 
-def resolve_run_dir(cfg: Config, processes) -> Path:
-    """The run directory every process agrees on; `processes` is Accelerate's PartialState."""
+def resolve_run_dir(cfg: Config, processes, locks: list, existing: bool = False) -> Path:
+    """The run directory every process agrees on; `processes` is Accelerate's PartialState. The main process
+    creates and locks it (`rundir.open_run`; the lock goes into `locks`) before the others learn its name."""
     from accelerate.utils import broadcast_object_list
 
     name = cfg.run.preset or Path(cfg.model.model).name
-    chosen = [str(cfg.run.output_dir or rundir.default_dir(name))]
+    path = Path(cfg.run.output_dir or rundir.default_dir(name))
+    if processes.is_main_process:
+        locks.append(rundir.open_run(path, existing=existing, overwrite=cfg.run.overwrite,
+                                     new_name=not cfg.run.output_dir))
+        path = locks[-1].path  # a default name that was taken gets a suffix
+    chosen = [str(path)]
     if processes.num_processes > 1:
         broadcast_object_list(chosen)  # every rank must agree on one timestamped directory
-    path = Path(chosen[0])
-    if processes.is_main_process:
-        rundir.check_creatable(path)  # the first write (write_start) creates it, so a failed start leaves none
-    return path
+    return Path(chosen[0])
 
 
 def settle_task(cfg: Config, splits) -> str:

@@ -7,6 +7,7 @@ per-epoch values and user attributes), so any process can rewrite `trials.jsonl`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import time
@@ -23,6 +24,8 @@ HEARTBEAT_SECONDS = 10  # a running trial's process writes a heartbeat this ofte
 GRACE_SECONDS = 60  # ... and a trial without one for this long (its machine died) is failed and retried
 MAX_RETRIES = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STORAGE_ENV = "SENTUNE_STORAGE"  # --storage from the environment: a database password kept out of `ps`
+HIDDEN = "***"  # what SQLAlchemy writes for a hidden password
 
 
 class Surplus(Exception):
@@ -45,12 +48,59 @@ def open_study(sweep_dir: Path, opts, params: list, seed: int, epochs: int) -> o
         except (ImportError, ValueError) as e:  # no driver for the URL's database, or a malformed URL
             hint = ("; for PostgreSQL: pip install psycopg2-binary and write postgresql+psycopg2://..."
                     if "postgres" in url else "")
-            raise ConfigError(f"--storage {url}: {str(e).strip()}{hint}") from None
+            raise ConfigError(f"--storage {shown_url(url)}: {scrub(str(e).strip(), url)}{hint}") from None
         except Exception as e:  # sqlalchemy's OperationalError and friends
             if attempt == 4:
-                raise SentuneError(f"cannot open the study in {url}: {str(e).splitlines()[0]}") from None
+                raise SentuneError(f"cannot open the study in {shown_url(url)}: "
+                                   f"{scrub(str(e).splitlines()[0], url)}") from None
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
+
+
+def shown_url(url: str | None) -> str | None:
+    """A storage URL as it may be saved or shown: the password replaced by ***."""
+    if not url:
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide whatever sits before an @
+        return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\g<1>{HIDDEN}@", url)
+
+
+def scrub(text: str, url: str) -> str:
+    """A driver's message with the URL's password (and the URL itself) taken out."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = text.replace(url, shown_url(url) or "")
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        password = None
+    return text.replace(str(password), HIDDEN) if password else text
+
+
+def given_storage(flag: str | None) -> str | None:
+    """--storage, else $SENTUNE_STORAGE, else None (sqlite in the sweep directory)."""
+    return flag or os.environ.get(STORAGE_ENV) or None
+
+
+def resumed_storage(saved: str | None, flag: str | None) -> str | None:
+    """The storage URL a resumed sweep opens: the saved one (password hidden), completed by --storage or
+    $SENTUNE_STORAGE, which must name the same database (the variable is not asked of a sqlite sweep)."""
+    given = flag or (given_storage(None) if saved else None)
+    if given is None:
+        if saved and HIDDEN in saved:
+            raise ConfigError(f"the sweep's storage {saved} needs its password, which is never saved: give the "
+                              f"URL again with --storage URL or in ${STORAGE_ENV}")
+        return saved
+    if shown_url(given) != shown_url(saved):
+        raise ConfigError(f"--storage {shown_url(given)} is not the sweep's storage ({saved or 'its study.db'}); "
+                          "give the same database (the password may be given again)")
+    return given
 
 
 def make_sampler(opts, params: list, seed: int):

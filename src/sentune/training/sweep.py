@@ -71,12 +71,14 @@ class Trials:
 
 
 def sweep(cfg: Config | None, space: dict | str | None = None, n_trials: int | None = None, *,
-          resume: str | None = None, **options) -> SweepResult:
+          resume: str | None = None, trust_remote_code: bool = False, **options) -> SweepResult:
     """Run (or continue) a sweep; returns the study and the chosen run. `space`: a mapping, a YAML file or
     a packaged space name (None: the default space); `options`: the other `SweepOptions` fields. With
-    `resume` (a sweep directory) its own config, space and options are used; n_trials/timeout may change."""
+    `resume` (a sweep directory) its own config, space and options are used; n_trials/timeout may change,
+    the storage's password and trust_remote_code (never saved) are given again."""
     if resume:
-        cfg, raw_space, opts = read_sweep(resume, n_trials, options.pop("timeout", None))
+        cfg, raw_space, opts = read_sweep(resume, n_trials, options.pop("timeout", None), options.pop("storage", None))
+        cfg.model.trust_remote_code = trust_remote_code
         if options:
             raise ConfigError(f"--resume continues a sweep with its own settings; drop {', '.join(options)}")
     else:
@@ -84,8 +86,10 @@ def sweep(cfg: Config | None, space: dict | str | None = None, n_trials: int | N
             raise ConfigError("give a config (or resume a sweep directory)")
         raw_space = space if isinstance(space, dict) else space_lib.read_space(space)
         opts = SweepOptions(n_trials=20 if n_trials is None else n_trials, **options)
+        opts.storage = study_lib.given_storage(opts.storage)
     params = check(cfg, raw_space, opts)
-    sweep_dir = Path(cfg.run.output_dir or rundir.default_dir(f"sweep-{cfg.run.preset or 'run'}"))
+    # --output-dir may be shared on purpose (several processes, one study); a default name never is
+    sweep_dir = Path(cfg.run.output_dir or rundir.new_dir(rundir.default_dir(f"sweep-{cfg.run.preset or 'run'}")))
     write_sweep(sweep_dir, cfg, raw_space, opts)
     study = study_lib.open_study(sweep_dir, opts, params, cfg.train.seed, cfg.train.epochs)
     study_lib.fail_orphans(study)
@@ -317,10 +321,12 @@ def write_sweep(sweep_dir: Path, cfg: Config, raw_space: dict, opts: SweepOption
         raise WriteError(f"cannot create the sweep directory {sweep_dir}: {e.strerror or e}") from None
     cfg = copy.deepcopy(cfg)
     cfg.run.output_dir = str(sweep_dir)
-    rundir.atomic_write_json(path, {"config": config_lib.to_dict(cfg), "space": raw_space, "options": asdict(opts)})
+    options = asdict(opts) | {"storage": study_lib.shown_url(opts.storage)}  # a password is never saved
+    rundir.atomic_write_json(path, {"config": config_lib.to_dict(cfg), "space": raw_space, "options": options})
 
 
-def read_sweep(sweep_dir: str, n_trials: int | None, timeout: float | None) -> tuple[Config, dict, SweepOptions]:
+def read_sweep(sweep_dir: str, n_trials: int | None, timeout: float | None,
+               storage: str | None = None) -> tuple[Config, dict, SweepOptions]:
     path = Path(sweep_dir) / "sweep.json"
     if not path.is_file():
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no sweep.json); pass the folder a sweep wrote")
@@ -328,4 +334,5 @@ def read_sweep(sweep_dir: str, n_trials: int | None, timeout: float | None) -> t
     opts = SweepOptions(**saved["options"])
     opts.n_trials = opts.n_trials if n_trials is None else n_trials
     opts.timeout = opts.timeout if timeout is None else timeout
+    opts.storage = study_lib.resumed_storage(opts.storage, storage)
     return config_lib.from_dict(saved["config"]), saved["space"], opts
