@@ -218,3 +218,11 @@ def test_a_dropout_run_is_never_derived_from_a_shallower_one(tmp_path):
     direct = real_rows(build(K, cache_lib.CacheStore(), tmp_path / "fresh"), 0)
     assert all(torch.equal(after_shallower[i], direct[i]) for i in direct)
     assert status == "built"
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_cache_dtype_sets_how_the_training_draws_are_stored(tiny_bert_dir, toy_files, tmp_path, dtype):
+    flags = {"frozen_dropout": True, "cache": "memory", "dropout_samples": 1, "cache_dtype": dtype}
+    p, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, **flags))
+    expect = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    assert {b["hidden"].dtype for split in ("train", "test") for b in p.feeds[split].batches(0)} == {expect}
