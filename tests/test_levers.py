@@ -198,3 +198,31 @@ def test_a_dropout_run_is_keyed_by_the_dropout_rates_an_eval_run_is_not(tmp_path
     assert status(5, 0.1) == "built" and status(5, 0.1) == "reused"
     assert status(5, 0.0) == "built"  # another rate draws other hidden states: never the 0.1 files
     assert status(None, 0.1) == "built" and status(None, 0.0) == "reused"  # eval mode: the rate does nothing
+
+
+def test_a_dropout_run_is_never_derived_from_a_shallower_one(tmp_path):
+    """A derived run would restart the seed's stream at layer J (layer J's masks drawn from the numbers that drew
+    the embeddings' masks) and give other hidden states than a direct build under the same key (issue 27)."""
+    feed, vocab = feed_for("bert")
+    model = build_model("bert", vocab_size=vocab)
+
+    def build(k, store, folder):
+        return cache_lib.cache_feeds(model, k, {"train": feed}, mode="memory", cache_dir=str(folder), device="cpu",
+                                     fingerprint_parts={}, dtype=torch.float32, log=lambda _: None, store=store,
+                                     dropout_seed=5)["train"]
+
+    store = cache_lib.CacheStore()
+    build(1, store, tmp_path / "sweep")
+    after_shallower = real_rows(build(K, store, tmp_path / "sweep"), 0)
+    status = store.events[-1]["status"]
+    direct = real_rows(build(K, cache_lib.CacheStore(), tmp_path / "fresh"), 0)
+    assert all(torch.equal(after_shallower[i], direct[i]) for i in direct)
+    assert status == "built"
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_cache_dtype_sets_how_the_training_draws_are_stored(tiny_bert_dir, toy_files, tmp_path, dtype):
+    flags = {"frozen_dropout": True, "cache": "memory", "dropout_samples": 1, "cache_dtype": dtype}
+    p, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, **flags))
+    expect = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    assert {b["hidden"].dtype for split in ("train", "test") for b in p.feeds[split].batches(0)} == {expect}

@@ -99,6 +99,8 @@ class TrainConfig:
     pad_to_multiple_of: int = knob(8, "round dynamic padding up to a multiple (tensor-core friendly)")
     cache: str = knob("auto", "auto | memory | disk | off: frozen-layer output cache")
     cache_dir: str | None = knob(None, "default: the user cache directory")
+    cache_dtype: str = knob("bf16", "bf16 | fp32: how the cache stores the frozen layers' output (fp32: twice "
+                            "the size; a switch to test storage precision, issue 27)")
     cached_dropout: float = knob(0.0, "dropout on the frozen layers' output as it enters the trainable ones "
                                  "(the same with the cache on or off)")
     frozen_dropout: bool = knob(False, "frozen layers train with their own dropout on, as the reference: live "
@@ -161,6 +163,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("auto", "cross_entropy", "bce", "mse", "huber"),
     "padding": ("dynamic", "max_length"),
     "cache": ("auto", "memory", "disk", "off"),
+    "cache_dtype": ("bf16", "fp32"),
     "pooler": ("head", "encoder", "frozen"),
     "head_init": ("model", "linear"),
     "scheduler": ("none", "linear", "cosine"),

@@ -105,7 +105,10 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
         paths = {j: root / f"prefix-{_digest(key, tokens)}.bin" for j, key in keys.items()}
         find = functools.partial(_find, store, paths, feed, hidden_size, dtype, in_memory)
         path = paths[k] if persist else None
-        caches[split] = (find(k) or _derive(model, k, feed, find, device, dtype, path, in_memory, dropout_seed)
+        # A dropout run is never derived: layers J.. would redraw from the seed's start, so their masks would
+        # repeat the embeddings' and the file would hold other numbers than a direct build under its key.
+        caches[split] = (find(k)
+                         or (dropout_seed is None and _derive(model, k, feed, find, device, dtype, path, in_memory))
                          or _build(model, k, feed, device, dtype, path, in_memory, dropout_seed=dropout_seed))
         if store is not None:
             store.caches[paths[k].name] = caches[split]
@@ -128,15 +131,15 @@ def _find(store: CacheStore | None, paths: dict[int, Path], feed: Feed, hidden_s
 
 
 def _derive(model, k: int, feed: Feed, find: Callable[[int], SplitCache | None], device, dtype: torch.dtype,
-            path: Path | None, in_memory: bool, dropout_seed: int | None = None) -> SplitCache | None:
-    """Layer-K input from the deepest cached shallower depth J: layers J..K-1 run once, never the prefix."""
+            path: Path | None, in_memory: bool) -> SplitCache | None:
+    """Layer-K input from the deepest cached shallower depth J: layers J..K-1 run once, never the prefix
+    (eval-mode caches only)."""
     for j in range(k - 1, 0, -1):
         base = find(j)
         if base is None:
             continue
         run = functools.partial(_extra_layers, start=j, stop=k, device=device)
-        cache = _build(model, k, cached_feed(feed, base), device, dtype, path, in_memory, run=run,
-                       dropout_seed=dropout_seed)
+        cache = _build(model, k, cached_feed(feed, base), device, dtype, path, in_memory, run=run)
         return dataclasses.replace(cache, status=f"derived:{j}")
     return None
 

@@ -230,8 +230,9 @@ def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
     # epoch count over the same examples reuses it; only what is not in those ids needs naming here.
     parts = {"model": cfg.model.model}
     log = print if acc.is_local_main_process else (lambda line: None)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.train.cache_dtype]
     cache = functools.partial(cache_feeds, model, k, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
-                              fingerprint_parts=parts, device=acc.device, store=store)
+                              fingerprint_parts=parts, device=acc.device, store=store, dtype=dtype)
     # One process per machine builds the cache file, the others then find it and reuse it; with --cache
     # memory there is no file, so each process builds its own copy.
     with acc.local_main_process_first():
