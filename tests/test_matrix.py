@@ -268,6 +268,12 @@ def test_long_text_windows_train_and_predict(tiny_bert_dir, data, task, task_nam
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert_same_answers(records, clf.predict(texts))
     assert records[-1]["windows"] > 1  # the long text really was read in several windows
+    from fastapi.testclient import TestClient
+
+    from sentune.serve import create_app
+
+    with TestClient(create_app(clf, max_wait_ms=1)) as client:  # served, every task says so too
+        assert client.post("/predict", json={"texts": texts}).json()["predictions"] == clf.predict(texts)
 
 
 def test_torchrun_two_processes(tiny_bert_dir, data, task, task_name, tmp_path):

@@ -227,7 +227,7 @@ def test_serve_answers_per_task_with_its_schema(multi_run, regression_run):
     clf = Classifier.load(multi_run[0] / "best")
     with TestClient(create_app(clf)) as client:
         body = client.post("/predict", json={"texts": ["great film movie", "awful"]}).json()
-        assert body["predictions"] == clf.predict(["great film movie", "awful"])
+        assert body["predictions"] == [{"windows": 1} | p for p in clf.predict(["great film movie", "awful"])]
         meta = client.get("/metadata").json()
         assert meta["task"] == "multi_label" and set(meta["thresholds"]) == {"film", "neg", "pos"}
         schema = client.get("/openapi.json").json()["components"]["schemas"]
