@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import sentiment_rows, write_jsonl
-from test_resume import ENV, cli_args, start_paused
+from test_resume import ENV, TIMING, cli_args, start_paused
 from test_tasks import multi_label_rows, regression_rows
 
 from sentune.cli import main
@@ -134,7 +134,12 @@ def test_train(run, task_name):
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
 
 
-def test_kill_then_resume(tiny_bert_dir, data, task, task_name, tmp_path):
+def epoch_rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kill_then_resume(run, tiny_bert_dir, data, task, task_name, tmp_path):
     out = tmp_path / "run"
     values = train_flags(tiny_bert_dir, data, out, task, save_every_steps=2)
     proc, _ = start_paused(tmp_path, {k: str(v) if isinstance(v, Path) else v for k, v in values.items()},
@@ -146,8 +151,8 @@ def test_kill_then_resume(tiny_bert_dir, data, task, task_name, tmp_path):
     assert (saved["epoch"], saved["step"]) == (0, 2)
     result = run_cli("train", "--resume", out, "--no-progress")
     assert "Resuming" in result.output
-    assert [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
-    assert json.loads((out / "final_metrics.json").read_text()).get("task", "single_label") == task_name
+    assert epoch_rows(out) == epoch_rows(run)  # the same run as the one never stopped (same flags and seed)
+    assert json.loads((out / "final_metrics.json").read_text()) == json.loads((run / "final_metrics.json").read_text())
     assert_a_model_for(out / "best", task_name)
 
 
@@ -162,6 +167,7 @@ def test_sweep_two_trials_and_its_final_test(request, tiny_bert_dir, data, task,
     assert len(trials) == 2 and all(t["state"] == "complete" for t in trials), trials
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["test"]["n"] == 32 and final["test"].get("task", "single_label") == task_name
+    assert set(final["validation"]) <= set(final["test"])  # tested on the metric the trials were chosen by
     assert_a_model_for(out / "best", task_name)
 
 
