@@ -78,16 +78,10 @@ def config_options(command):
 @config_options
 def train(preset: str | None, config_file: str | None, resume: str | None, **flags) -> None:
     """Fine-tune a classifier (defaults: the reference IMDB recipe)."""
-    from sentune.training import loop as train_lib
+    from sentune import api
 
-    given = {k: v for k, v in flags.items() if v is not None}
-    if resume:  # the run's own config.yaml; only harmless flags (--epochs, --patience, ...) may change
-        from sentune.training.checkpoint import resume_config
-
-        cfg = resume_config(resume, given, preset=preset, config_file=config_file)
-    else:
-        cfg = config_lib.resolve(preset or "imdb", config_file, given)
-    train_lib.run(cfg)
+    # with --resume: the run's own config.yaml; only harmless flags (--epochs, --patience, ...) may change
+    api.train(preset=preset, config_file=config_file, resume=resume, **flags)
 
 
 # ---- sweep ------------------------------------------------------------------------------------------
@@ -160,23 +154,18 @@ def evaluate(model_dir: str, output: str | None, output_dir: str | None, update_
     """
     import json
 
-    from sentune.evaluation import evaluate as evaluate_lib
+    from sentune import api
+    from sentune.evaluation.evaluate import summary_lines
 
     quiet_transformers()
-    metrics = evaluate_lib.evaluate_model(model_dir, **options)
-    for line in evaluate_lib.summary_lines(metrics):
+    result = api.evaluate(model_dir, output=output, output_dir=output_dir, update_card=update_card, **options)
+    for line in summary_lines(result.metrics):
         click.echo(line)
-    if output_dir:
-        from sentune.evaluation.report import write_eval_report
-
-        click.echo(f"report: {write_eval_report(output_dir, metrics)}")
-    if output:
-        evaluate_lib.write_metrics(output, metrics)
-    if update_card:
-        from sentune.card import update_card as add_to_card
-
-        click.echo(f"model card: {add_to_card(model_dir, metrics)}")
-    click.echo(json.dumps(metrics))
+    if result.report:
+        click.echo(f"report: {result.report}")
+    if result.card:
+        click.echo(f"model card: {result.card}")
+    click.echo(json.dumps(result.metrics))
 
 
 # ---- calibrate (owner: evaluation engineer) ----------------------------------------------------------

@@ -7,13 +7,12 @@ positive) with L-BFGS; `calibrate_model` stores T in the model folder's config.j
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from sentune.atomic import atomic_write_text
-from sentune.errors import ConfigError, DataError, ModelError
+from sentune import settings as settings_lib
+from sentune.errors import ConfigError, DataError
 
 # Beyond these the validation set is separable or degenerate, and T would run off to 0 or infinity.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -53,21 +52,7 @@ def nll_and_ece(logits, labels, temperature: float = 1.0) -> tuple[float, float]
 
 def store_temperature(model_dir: str | Path, temperature: float) -> Path:
     """Write `sentune.temperature` into config.json atomically; a failed write is a WriteError, the file unchanged."""
-    return store_setting(model_dir, "temperature", float(temperature))
-
-
-def store_setting(model_dir: str | Path, key: str, value) -> Path:
-    """Write `sentune.<key>` into config.json atomically; a failed write is a WriteError, the file unchanged."""
-    path = Path(model_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read {path}: {e}") from None
-    meta = config.get("sentune") or {}
-    meta[key] = value
-    config["sentune"] = meta
-    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return path
+    return settings_lib.store(model_dir, temperature=float(temperature))
 
 
 def calibrate_model(
@@ -124,7 +109,7 @@ def calibrate_thresholds(clf, model_dir: str, source: str, *, split: str, datase
     """Multi-label calibration: tune decision thresholds on held-out data and store them (thresholds.py)."""
     from sentune.data.splits import load_labelled
     from sentune.evaluation.task_metrics import multi_label_metrics
-    from sentune.evaluation.thresholds import tune_thresholds
+    from sentune.evaluation.thresholds import store_thresholds, tune_thresholds
 
     if clf.task == "regression":
         raise ConfigError(f"{model_dir} is a regression model: there is no temperature or threshold to calibrate")
@@ -139,7 +124,7 @@ def calibrate_thresholds(clf, model_dir: str, source: str, *, split: str, datase
     thresholds = tune_thresholds(probs, labels, names)
     before = multi_label_metrics(labels, probs, names, previous)
     after = multi_label_metrics(labels, probs, names, thresholds)
-    store_setting(model_dir, "thresholds", thresholds)
+    store_thresholds(model_dir, thresholds)
     return {"task": "multi_label", "thresholds": thresholds, "previous_thresholds": previous, "n": int(len(labels)),
             "macro_f1_before": before["macro_f1"], "macro_f1_after": after["macro_f1"],
             "micro_f1_before": before["micro_f1"], "micro_f1_after": after["micro_f1"],

@@ -14,6 +14,7 @@ import torch
 from sentune import config as config_lib
 from sentune import model as model_lib
 from sentune import pooling, rundir, tasks
+from sentune import settings as settings_lib
 from sentune.config import Config
 from sentune.data import labels as label_lib
 from sentune.data import splits as data
@@ -79,7 +80,7 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     say(settle_task(cfg, splits))
     say(data_summary(splits))
     model, tokenizer = model_lib.load_model(cfg.model, splits.label_names, tasks.PROBLEM_TYPES[splits.task])
-    model.config.sentune = inference_settings(cfg, splits)
+    model.config.sentune = settings_lib.for_run(cfg, splits.label_scale).to_dict()
     if cfg.data.long_text == "windows":
         pooling.attach_pool(model, cfg.data.pool)  # before freezing and the optimizer: the pool trains
     shape_head(cfg, model)
@@ -137,25 +138,6 @@ def settle_task(cfg: Config, splits) -> str:
     cfg.train.select_metric = tasks.select_metric(splits.task, cfg.train.select_metric)
     how = "detected from the labels" if detected else "from --task"
     return f"Task: {splits.task} ({how}); selecting on {cfg.train.select_metric}"
-
-
-def inference_settings(cfg: Config, splits=None) -> dict:
-    """What `best/` must remember so predict/serve/export preprocess exactly as training did."""
-    out = {"max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
-           "head_tokens": cfg.data.head_tokens,
-           "normalize_tweets": data.wants_tweet_normalization(cfg.model.model, cfg.data.normalize_tweets),
-           **window_settings(cfg)}
-    if splits is not None and splits.label_scale:
-        out["label_scale"] = splits.label_scale  # already folded into the saved head; kept for the record
-    return out
-
-
-def window_settings(cfg: Config) -> dict:
-    """Only windowed runs write these, so a truncating run's best/ stays what it always was."""
-    if cfg.data.long_text != "windows":
-        return {}
-    return {"long_text": "windows", "stride": cfg.data.stride, "max_windows": cfg.data.max_windows,
-            "pool": cfg.data.pool}
 
 
 def build_feeds(cfg: Config, splits, tokenizer, normalize: bool, say=print) -> dict:
