@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from sentune import settings as settings_lib
-from sentune.errors import ConfigError, DataError
+from sentune.errors import ConfigError
+from sentune.evaluation.labelled import LabelledSource
 
 # Beyond these the validation set is separable or degenerate, and T would run off to 0 or infinity.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -70,27 +71,15 @@ def calibrate_model(
     label_columns: str | None = None,
 ) -> dict:
     """Fit T on held-out raw logits (a file, or a dataset's split), store it, return NLL/ECE before and after."""
-    from sentune.data.splits import load_labelled
-    from sentune.evaluation.evaluate import label_form_of, require_file
     from sentune.inference.classifier import Classifier
 
-    if (validation_file is None) == (dataset is None):
-        raise ConfigError("give exactly one of --validation-file FILE or --dataset NAME_OR_PATH (with --split)")
-    if limit is not None and limit < 1:
-        raise ConfigError("--limit must be >= 1")
-    if validation_file is not None:
-        require_file(validation_file, "--validation-file")
-    source = validation_file or dataset
-    assert source is not None  # exactly one of the two was checked above
+    source = LabelledSource.pick(validation_file, "--validation-file", dataset, split=split,
+                                 dataset_config=dataset_config, text_column=text_column, label_column=label_column,
+                                 limit=limit, label_separator=label_separator, label_columns=label_columns)
     clf = Classifier.load(model_dir, backend="torch", precision="fp32")  # fitted on exact logits
     if clf.task != "single_label":
-        return calibrate_thresholds(clf, model_dir, source, split=split, dataset_config=dataset_config,
-                                    text_column=text_column, label_column=label_column, limit=limit,
-                                    batch_size=batch_size, form=label_form_of(label_separator, label_columns))
-    rows, _ = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
-                            label_column=label_column, label_names=clf.labels, limit=limit)
-    if len(rows) < 2:
-        raise DataError(f"{source}: need at least 2 labelled rows to fit a temperature, got {len(rows)}")
+        return calibrate_thresholds(clf, model_dir, source, batch_size)
+    rows, _ = source.load(clf.labels, clf.task, at_least=2, purpose="fit a temperature")
     logits = clf.logits(list(rows["text"]), batch_size=batch_size)  # raw: any stored T is not applied
     labels = np.asarray(rows["label"], dtype=np.int64)
     previous = clf.settings.temperature or 1.0
@@ -100,24 +89,17 @@ def calibrate_model(
     store_temperature(model_dir, temperature)
     return {"temperature": temperature, "previous_temperature": previous, "n": int(len(labels)),
             "nll_before": nll_before, "nll_after": nll_after, "ece_before": ece_before,
-            "ece_after": ece_after, "data": {"source": str(source), "split": split, "limit": limit}}
+            "ece_after": ece_after, "data": source.describe()}
 
 
-def calibrate_thresholds(clf, model_dir: str, source: str, *, split: str, dataset_config: str | None,
-                         text_column: str, label_column: str, limit: int | None, batch_size: int,
-                         form=None) -> dict:
+def calibrate_thresholds(clf, model_dir: str, source: LabelledSource, batch_size: int) -> dict:
     """Multi-label calibration: tune decision thresholds on held-out data and store them (thresholds.py)."""
-    from sentune.data.splits import load_labelled
     from sentune.evaluation.task_metrics import multi_label_metrics
     from sentune.evaluation.thresholds import store_thresholds, tune_thresholds
 
     if clf.task == "regression":
         raise ConfigError(f"{model_dir} is a regression model: there is no temperature or threshold to calibrate")
-    rows, names = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
-                                label_column=label_column, label_names=clf.labels, limit=limit,
-                                task="multi_label", form=form)
-    if len(rows) < 2:
-        raise DataError(f"{source}: need at least 2 labelled rows to tune thresholds, got {len(rows)}")
+    rows, names = source.load(clf.labels, clf.task, at_least=2, purpose="tune thresholds")
     labels = np.asarray(list(rows["label"]))
     probs = clf.predict_proba(list(rows["text"]), batch_size=batch_size)
     previous = clf.settings.thresholds
@@ -128,4 +110,4 @@ def calibrate_thresholds(clf, model_dir: str, source: str, *, split: str, datase
     return {"task": "multi_label", "thresholds": thresholds, "previous_thresholds": previous, "n": int(len(labels)),
             "macro_f1_before": before["macro_f1"], "macro_f1_after": after["macro_f1"],
             "micro_f1_before": before["micro_f1"], "micro_f1_after": after["micro_f1"],
-            "data": {"source": str(source), "split": split, "limit": limit}}
+            "data": source.describe()}

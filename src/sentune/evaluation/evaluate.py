@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from sentune.atomic import atomic_write_json
-from sentune.errors import ConfigError, DataError
+from sentune.errors import ConfigError
+from sentune.evaluation.labelled import LabelledSource
 from sentune.evaluation.metrics import compute_metrics
 
 
@@ -36,78 +37,42 @@ def summary_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def evaluate_model(
-    model_dir: str,
-    *,
-    dataset: str | None = None,
-    test_file: str | None = None,
-    dataset_config: str | None = None,
-    split: str = "test",
-    text_column: str = "text",
-    label_column: str = "label",
-    limit: int | None = None,
-    batch_size: int = 32,
-    backend: str = "auto",
-    precision: str = "auto",
-    label_separator: str | None = None,
-    label_columns: str | None = None,
-) -> dict:
+def evaluate_model(model_dir: str, *, dataset: str | None = None, test_file: str | None = None,
+                   dataset_config: str | None = None, split: str = "test", text_column: str = "text",
+                   label_column: str = "label", limit: int | None = None, batch_size: int = 32,
+                   backend: str = "auto", precision: str = "auto", label_separator: str | None = None,
+                   label_columns: str | None = None) -> dict:
     """Predict a labelled split with the model and score it: `compute_metrics` + model, data, temperature."""
-    from sentune.data.splits import load_labelled
     from sentune.inference.classifier import Classifier, softmax
 
-    if (dataset is None) == (test_file is None):
-        raise ConfigError("give exactly one of --dataset NAME_OR_PATH or --test-file FILE")
-    if limit is not None and limit < 1:
-        raise ConfigError("--limit must be >= 1")
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
-    if test_file is not None:
-        require_file(test_file, "--test-file")
-    source = dataset if dataset is not None else test_file
-    assert source is not None  # exactly one of the two was checked above
+    source = LabelledSource.pick(test_file, "--test-file", dataset, split=split, dataset_config=dataset_config,
+                                 text_column=text_column, label_column=label_column, limit=limit,
+                                 label_separator=label_separator, label_columns=label_columns)
     clf = Classifier.load(model_dir, backend=backend, precision=precision)
+    rows, label_names = source.load(clf.labels, clf.task)
     if clf.task != "single_label":  # multi-label / regression: their own metrics (task_metrics.py)
         from sentune.evaluation.task_metrics import evaluate_task
 
-        metrics = evaluate_task(clf, source, split=split, dataset_config=dataset_config, text_column=text_column,
-                                label_column=label_column, limit=limit, batch_size=batch_size,
-                                form=label_form_of(label_separator, label_columns))
+        metrics = evaluate_task(clf, rows, label_names, batch_size)
         metrics["model"] = str(model_dir)
         metrics["precision"] = clf.precision
-        metrics["data"] = {"source": str(source), "split": split, "limit": limit}
+        metrics["data"] = source.describe()
         return metrics
-    rows, label_names = load_labelled(
-        source, split=split, dataset_config=dataset_config, text_column=text_column,
-        label_column=label_column, label_names=list(clf.labels), limit=limit,
-    )
     labels = np.asarray(rows["label"], dtype=np.int64)
     logits = clf.logits(list(rows["text"]), batch_size=batch_size)
     temperature = clf.settings.temperature
     metrics = compute_metrics(labels, softmax(logits, temperature), label_names)
     metrics["model"] = str(model_dir)
     metrics["precision"] = clf.precision  # of this machine's run, not of the model
-    metrics["data"] = {"source": str(source), "split": split, "limit": limit}
+    metrics["data"] = source.describe()
     metrics["temperature"] = temperature
     if temperature:
         # the same logits without the stored temperature: what calibration changed on this data
         raw = compute_metrics(labels, softmax(logits), label_names)
         metrics["uncalibrated"] = {"ece": raw["ece"], "nll": raw["nll"]}
     return metrics
-
-
-def label_form_of(separator: str | None, columns: str | None):
-    """--label-separator / --label-columns of evaluate and calibrate, as the readers take them."""
-    from sentune.data.readers import LabelForm
-
-    names = tuple(c.strip() for c in (columns or "").split(",") if c.strip())
-    return LabelForm(separator=separator or None, columns=names)
-
-
-def require_file(path: str, flag: str) -> None:
-    """A missing file must not fall through to a Hub download attempt under the same name."""
-    if not Path(path).is_file():
-        raise DataError(f"{flag} {path}: no such file")
 
 
 def write_metrics(path: str | Path, metrics: dict) -> None:

@@ -90,14 +90,9 @@ def selection_score(task: str, metric: str, labels, scores, scale: dict | None =
                               scale=scale)[metric])
 
 
-def evaluate_task(clf, source: str, *, split: str, dataset_config: str | None, text_column: str,
-                  label_column: str, limit: int | None, batch_size: int, form=None) -> dict:
-    """`sentune evaluate` of a multi-label model (at its stored thresholds, and at 0.5) or a regression one."""
-    from sentune.data.splits import load_labelled
-
-    rows, names = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
-                                label_column=label_column, label_names=clf.labels, limit=limit, task=clf.task,
-                                form=form)
+def evaluate_task(clf, rows, names: list[str], batch_size: int) -> dict:
+    """`sentune evaluate` of a multi-label model (at its stored thresholds, and at 0.5) or a regression one,
+    on labelled `rows` (`evaluation/labelled.py`)."""
     scores = clf.predict_proba(list(rows["text"]), batch_size=batch_size)
     labels = np.asarray(list(rows["label"]))
     if clf.task == "regression":

@@ -80,14 +80,15 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     say(settle_task(cfg, splits))
     say(data_summary(splits))
     model, tokenizer = model_lib.load_model(cfg.model, splits.label_names, tasks.PROBLEM_TYPES[splits.task])
-    model.config.sentune = settings_lib.for_run(cfg, splits.label_scale).to_dict()
+    run_settings = settings_lib.for_run(cfg, splits.label_scale)
+    setattr(model.config, settings_lib.KEY, run_settings.to_dict())  # best/config.json: predict reads it back
     if cfg.data.long_text == "windows":
         pooling.attach_pool(model, cfg.data.pool)  # before freezing and the optimizer: the pool trains
     shape_head(cfg, model)
     trainable, total = model_lib.count_parameters(model)
     say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
-    feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"], say)
+    feeds = build_feeds(cfg, splits, tokenizer, bool(run_settings.normalize_tweets), say)
     check_train_batches(feeds["train"], acc.num_processes, cfg.train.batch_size)
     feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
