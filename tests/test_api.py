@@ -61,7 +61,7 @@ def test_readme_example_trains_the_demo_on_200_tweets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SENTUNE_CPU_BF16", "0")  # fp32 whatever the host CPU
     code = readme_example()
-    assert "limit_train=200" in code and 'preset="demo"' in code
+    assert "from sentune import evaluate, train" in code and "limit_train=200" in code and 'preset="demo"' in code
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     result, scores = scope["result"], scope["scores"]
