@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sentune.errors import ConfigError, DataError
+from sentune.tasks import Task
 
 
 @dataclass
@@ -37,7 +38,7 @@ class LabelledSource:
         assert source is not None  # exactly one of the two was checked above
         return cls(str(source), **options)
 
-    def load(self, labels: list[str], task: str, at_least: int = 1, purpose: str = "score"):
+    def load(self, labels: list[str], task: Task, at_least: int = 1, purpose: str = "score"):
         """(rows, label names): the rows mapped onto the model's `labels`, as its `task` reads them."""
         from sentune.data.splits import load_labelled
 

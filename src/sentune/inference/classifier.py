@@ -35,7 +35,7 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
 class Classifier:
     """A text classifier ready to predict: `Classifier.load(path).predict(["great film"])`."""
 
-    def __init__(self, runner, tokenizer, settings: ModelSettings, *, labels: list[str], task: str, backend: str,
+    def __init__(self, runner, tokenizer, settings: ModelSettings, *, labels: list[str], task: tasks.Task, backend: str,
                  device: str, name: str, path: str | None = None, precision: str = "fp32"):
         self.runner = runner
         self.labels = list(labels)
