@@ -37,11 +37,10 @@ from sentune.data.readers import (
     read_texts,
 )
 from sentune.data.sources import load_hub_split, load_hub_splits, load_package_dataset
-from sentune.data.text import encode_texts, normalize_tweet, wants_tweet_normalization
+from sentune.data.text import encode_texts, normalize_tweet
 from sentune.errors import DataError
 
-__all__ = ["Splits", "encode_texts", "load_labelled", "load_splits", "normalize_tweet", "read_texts",
-           "wants_tweet_normalization"]
+__all__ = ["Splits", "encode_texts", "load_labelled", "load_splits", "normalize_tweet", "read_texts"]
 
 if TYPE_CHECKING:
     from datasets import Dataset

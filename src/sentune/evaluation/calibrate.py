@@ -7,13 +7,13 @@ positive) with L-BFGS; `calibrate_model` stores T in the model folder's config.j
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from sentune.atomic import atomic_write_text
-from sentune.errors import ConfigError, DataError, ModelError
+from sentune import settings as settings_lib
+from sentune.errors import ConfigError
+from sentune.evaluation.labelled import LabelledSource
 
 # Beyond these the validation set is separable or degenerate, and T would run off to 0 or infinity.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -53,21 +53,7 @@ def nll_and_ece(logits, labels, temperature: float = 1.0) -> tuple[float, float]
 
 def store_temperature(model_dir: str | Path, temperature: float) -> Path:
     """Write `sentune.temperature` into config.json atomically; a failed write is a WriteError, the file unchanged."""
-    return store_setting(model_dir, "temperature", float(temperature))
-
-
-def store_setting(model_dir: str | Path, key: str, value) -> Path:
-    """Write `sentune.<key>` into config.json atomically; a failed write is a WriteError, the file unchanged."""
-    path = Path(model_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read {path}: {e}") from None
-    meta = config.get("sentune") or {}
-    meta[key] = value
-    config["sentune"] = meta
-    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return path
+    return settings_lib.store(model_dir, temperature=float(temperature))
 
 
 def calibrate_model(
@@ -86,29 +72,18 @@ def calibrate_model(
 ) -> dict:
     """Fit what the model's task calibrates on held-out data (a file, or a dataset's split) and store it:
     a temperature T on raw logits (one label per text) or decision thresholds (several labels per text)."""
-    from sentune.data.splits import load_labelled
-    from sentune.evaluation.evaluate import label_form_of, require_file
     from sentune.inference.classifier import Classifier
 
-    if (validation_file is None) == (dataset is None):
-        raise ConfigError("give exactly one of --validation-file FILE or --dataset NAME_OR_PATH (with --split)")
-    if limit is not None and limit < 1:
-        raise ConfigError("--limit must be >= 1")
-    if validation_file is not None:
-        require_file(validation_file, "--validation-file")
-    source = validation_file or dataset
-    assert source is not None  # exactly one of the two was checked above
+    source = LabelledSource.pick(validation_file, "--validation-file", dataset, split=split,
+                                 dataset_config=dataset_config, text_column=text_column, label_column=label_column,
+                                 limit=limit, label_separator=label_separator, label_columns=label_columns)
     clf = Classifier.load(model_dir, backend="torch", precision="fp32")  # fitted on exact logits
     if not clf.task.calibration:
         raise ConfigError(f"{model_dir} is a {clf.task} model: there is no temperature or threshold to calibrate")
-    rows, names = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
-                                label_column=label_column, label_names=clf.labels, limit=limit, task=clf.task,
-                                form=label_form_of(label_separator, label_columns))
-    if len(rows) < 2:
-        raise DataError(f"{source}: need at least 2 labelled rows to fit a {clf.task.calibration}, got {len(rows)}")
+    rows, names = source.load(clf.labels, clf.task, at_least=2, purpose=f"fit a {clf.task.calibration}")
     logits = clf.logits(list(rows["text"]), batch_size=batch_size)  # raw: any stored T is not applied
     result = CALIBRATORS[clf.task.calibration](clf, model_dir, logits, list(rows["label"]), names)
-    return result | {"n": int(len(rows)), "data": {"source": str(source), "split": split, "limit": limit}}
+    return result | {"n": int(len(rows)), "data": source.describe()}
 
 
 def calibrate_temperature(clf, model_dir: str, logits, labels, names) -> dict:
@@ -126,14 +101,14 @@ def calibrate_temperature(clf, model_dir: str, logits, labels, names) -> dict:
 def calibrate_thresholds(clf, model_dir: str, logits, labels, names) -> dict:
     """Decision thresholds tuned on held-out data (thresholds.py), macro / micro F1 before and after."""
     from sentune.evaluation.metrics import score
-    from sentune.evaluation.thresholds import tune_thresholds
+    from sentune.evaluation.thresholds import store_thresholds, tune_thresholds
 
     probs = clf.task.scores(logits, clf.settings.temperature)
     previous = clf.settings.thresholds
     thresholds = tune_thresholds(probs, np.asarray(labels), names)
     before = score(clf.task, labels, probs, names, previous)
     after = score(clf.task, labels, probs, names, thresholds)
-    store_setting(model_dir, "thresholds", thresholds)
+    store_thresholds(model_dir, thresholds)
     return {"task": str(clf.task), "thresholds": thresholds, "previous_thresholds": previous,
             "macro_f1_before": before["macro_f1"], "macro_f1_after": after["macro_f1"],
             "micro_f1_before": before["micro_f1"], "micro_f1_after": after["micro_f1"]}

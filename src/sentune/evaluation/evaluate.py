@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sentune import tasks
 from sentune.atomic import atomic_write_json
-from sentune.errors import ConfigError, DataError
+from sentune.errors import ConfigError
+from sentune.evaluation.labelled import LabelledSource
 from sentune.evaluation.metrics import score
 
 
@@ -76,31 +77,23 @@ def evaluate_model(
 ) -> dict:
     """Predict a labelled split with the model and score it (`metrics.score`, at the model's stored
     temperature or thresholds) + model, data, temperature."""
-    from sentune.data.splits import load_labelled
     from sentune.inference.classifier import Classifier
 
-    if (dataset is None) == (test_file is None):
-        raise ConfigError("give exactly one of --dataset NAME_OR_PATH or --test-file FILE")
-    if limit is not None and limit < 1:
-        raise ConfigError("--limit must be >= 1")
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
-    if test_file is not None:
-        require_file(test_file, "--test-file")
-    source = dataset if dataset is not None else test_file
-    assert source is not None  # exactly one of the two was checked above
+    source = LabelledSource.pick(test_file, "--test-file", dataset, split=split, dataset_config=dataset_config,
+                                 text_column=text_column, label_column=label_column, limit=limit,
+                                 label_separator=label_separator, label_columns=label_columns)
     clf = Classifier.load(model_dir, backend=backend, precision=precision)
     task = clf.task
-    rows, label_names = load_labelled(
-        source, split=split, dataset_config=dataset_config, text_column=text_column, label_column=label_column,
-        label_names=list(clf.labels), limit=limit, task=task, form=label_form_of(label_separator, label_columns))
+    rows, label_names = source.load(clf.labels, task)
     labels = list(rows["label"])
     logits = clf.logits(list(rows["text"]), batch_size=batch_size)
     temperature = clf.settings.temperature
     metrics = score(task, labels, task.scores(logits, temperature), label_names, clf.settings.thresholds)
     metrics["model"] = str(model_dir)
     metrics["precision"] = clf.precision  # of this machine's run, not of the model
-    metrics["data"] = {"source": str(source), "split": split, "limit": limit}
+    metrics["data"] = source.describe()
     if task.calibration == "temperature":
         metrics["temperature"] = temperature
     if temperature and task.calibration == "temperature":
@@ -108,20 +101,6 @@ def evaluate_model(
         raw = score(task, labels, task.scores(logits), label_names)
         metrics["uncalibrated"] = {"ece": raw["ece"], "nll": raw["nll"]}
     return metrics
-
-
-def label_form_of(separator: str | None, columns: str | None):
-    """--label-separator / --label-columns of evaluate and calibrate, as the readers take them."""
-    from sentune.data.readers import LabelForm
-
-    names = tuple(c.strip() for c in (columns or "").split(",") if c.strip())
-    return LabelForm(separator=separator or None, columns=names)
-
-
-def require_file(path: str, flag: str) -> None:
-    """A missing file must not fall through to a Hub download attempt under the same name."""
-    if not Path(path).is_file():
-        raise DataError(f"{flag} {path}: no such file")
 
 
 def write_metrics(path: str | Path, metrics: dict) -> None:

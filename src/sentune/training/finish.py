@@ -72,8 +72,7 @@ def reload_best(p: Prepared) -> None:
 # ---- thresholds and the test ------------------------------------------------------------------------------
 def tune_on_validation(p: Prepared) -> dict | None:
     """Decision thresholds tuned on the validation split and stored in best/config.json (never on test)."""
-    from sentune.evaluation.calibrate import store_setting
-    from sentune.evaluation.thresholds import tune_thresholds
+    from sentune.evaluation.thresholds import store_thresholds, tune_thresholds
 
     if not p.feeds.get("validation"):
         p.log("No validation split: thresholds stay at 0.5 (tune them with `sentune calibrate`).")
@@ -82,7 +81,7 @@ def tune_on_validation(p: Prepared) -> dict | None:
     labels = np.asarray(list(p.splits.validation["label"]))
     thresholds = tune_thresholds(probs, labels, p.splits.label_names)
     if p.is_main:
-        store_setting(p.run_dir / "best", "thresholds", thresholds)
+        store_thresholds(p.run_dir / "best", thresholds)
         fell_back = len(thresholds["fallback"])
         p.log(f"Thresholds tuned on validation (n={thresholds['n']}): global {thresholds['global']:.2f}; "
               f"per label {min(thresholds['per_label'].values()):.2f}..{max(thresholds['per_label'].values()):.2f}"

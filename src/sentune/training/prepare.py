@@ -14,6 +14,7 @@ import torch
 from sentune import config as config_lib
 from sentune import model as model_lib
 from sentune import pooling, rundir
+from sentune import settings as settings_lib
 from sentune.config import Config
 from sentune.data import splits as data
 from sentune.data import windows as windows_lib
@@ -78,14 +79,15 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     say(settle_task(cfg, splits))
     say(data_summary(splits))
     model, tokenizer = model_lib.load_model(cfg.model, splits.label_names, splits.task.problem_type)
-    model.config.sentune = inference_settings(cfg, splits)
+    run_settings = settings_lib.for_run(cfg, splits.label_scale)
+    setattr(model.config, settings_lib.KEY, run_settings.to_dict())  # best/config.json: predict reads it back
     if cfg.data.long_text == "windows":
         pooling.attach_pool(model, cfg.data.pool)  # before freezing and the optimizer: the pool trains
     shape_head(cfg, model)
     trainable, total = model_lib.count_parameters(model)
     say(f"Parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.1f}%); "
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
-    feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"], say)
+    feeds = build_feeds(cfg, splits, tokenizer, bool(run_settings.normalize_tweets), say)
     check_train_batches(feeds["train"], acc.num_processes, cfg.train.batch_size)
     feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
@@ -136,25 +138,6 @@ def settle_task(cfg: Config, splits) -> str:
     cfg.train.select_metric = splits.task.select_metric(cfg.train.select_metric)
     how = "detected from the labels" if detected else "from --task"
     return f"Task: {splits.task} ({how}); selecting on {cfg.train.select_metric}"
-
-
-def inference_settings(cfg: Config, splits=None) -> dict:
-    """What `best/` must remember so predict/serve/export preprocess exactly as training did."""
-    out = {"max_length": cfg.data.max_length, "truncation": cfg.data.truncation,
-           "head_tokens": cfg.data.head_tokens,
-           "normalize_tweets": data.wants_tweet_normalization(cfg.model.model, cfg.data.normalize_tweets),
-           **window_settings(cfg)}
-    if splits is not None and splits.label_scale:
-        out["label_scale"] = splits.label_scale  # already folded into the saved head; kept for the record
-    return out
-
-
-def window_settings(cfg: Config) -> dict:
-    """Only windowed runs write these, so a truncating run's best/ stays what it always was."""
-    if cfg.data.long_text != "windows":
-        return {}
-    return {"long_text": "windows", "stride": cfg.data.stride, "max_windows": cfg.data.max_windows,
-            "pool": cfg.data.pool}
 
 
 def build_feeds(cfg: Config, splits, tokenizer, normalize: bool, say=print) -> dict:
