@@ -114,17 +114,14 @@ def texts_file(tmp_path_factory) -> Path:
     return path
 
 
-def labelled(task: Task, data: dict) -> list[str]:
-    return ["--label-column", task.label_column]
-
-
 def assert_a_model_for(folder: Path, task_name: str) -> None:
-    """A save_pretrained folder transformers.pipeline loads, answering for the task."""
+    """A save_pretrained folder transformers.pipeline loads, answering for the task with its labels."""
     from transformers import pipeline
 
     answers = pipeline("text-classification", model=str(folder), device="cpu")(TEXTS, top_k=None)
-    assert len(answers) == len(TEXTS)
-    assert Classifier.load(folder, precision="fp32").task == task_name
+    assert [sorted(a["label"] for a in answer) for answer in answers] == [list(TASKS[task_name].labels)] * len(TEXTS)
+    clf = Classifier.load(folder, precision="fp32")
+    assert clf.task == task_name and list(clf.labels) == list(TASKS[task_name].labels)
 
 
 # ---- train, kill -9 and --resume, sweep ---------------------------------------------------------------------
@@ -133,6 +130,7 @@ def test_train(run, task_name):
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["n"] == 32 and final.get("task", "single_label") == task_name
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    assert (run / "test_probs.json").is_file() and "Test" in (run / "report.md").read_text()
 
 
 def epoch_rows(run: Path) -> list[dict]:
@@ -193,11 +191,11 @@ def test_calibrate(run, data, task, task_name, tmp_path):
     assert result.exit_code == 0, result.output
     stored = json.loads((model / "config.json").read_text())["sentune"]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
+    settings = Classifier.load(model).settings  # what predict, serve and export will apply
     if task_name == "multi_label":
-        assert stored["thresholds"] == answer["thresholds"]
+        assert stored["thresholds"] == answer["thresholds"] == settings.thresholds
     else:
-        assert stored["temperature"] == pytest.approx(answer["temperature"]) and answer["temperature"] > 0
-    assert Classifier.load(model).settings == Classifier.load(model).settings  # loads with what was stored
+        assert stored["temperature"] == answer["temperature"] == settings.temperature > 0
     assert_a_model_for(model, task_name)
 
 
@@ -217,7 +215,6 @@ def test_predict_cli_and_classifier(run, texts_file):
 
 
 def test_explain(run, task_name):
-    pytest.importorskip("captum", reason="pip install 'sentune[explain]'")
     result = run_cli("explain", run / "best", *TEXTS[:2], "--format", "jsonl", "--steps", "8")
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 2
@@ -229,7 +226,6 @@ def test_explain(run, task_name):
 
 # ---- export, serve ----------------------------------------------------------------------------------------------
 def test_export_onnx_with_its_parity_check(run, task_name, tmp_path):
-    pytest.importorskip("onnxruntime")
     out = tmp_path / "onnx"
     result = run_cli("export", run / "best", "--output", out)
     assert f"exported to {out}" in result.output
@@ -243,7 +239,6 @@ def test_export_onnx_with_its_parity_check(run, task_name, tmp_path):
 
 
 def test_serve_predict_and_explain(run, task_name):
-    pytest.importorskip("captum", reason="pip install 'sentune[explain]'")
     from fastapi.testclient import TestClient
 
     from sentune.serve import create_app
