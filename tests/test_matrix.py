@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from sentune.inference.classifier import Classifier
 
 @dataclass(frozen=True)
 class Task:
-    rows: object  # (n, seed) -> rows
+    rows: Callable[..., list[dict]]  # (n, seed=...) -> generated rows with text and label
     label_column: str
     labels: tuple[str, ...]  # the model's labels, as config.json's id2label names them
 
