@@ -42,20 +42,6 @@ TASKS = {
 TEXTS = ["great wonderful film movie", "awful boring worst plot", "the a movie"]
 LONG = " ".join(["great wonderful film movie", "awful boring worst plot"] * 4)  # past --max-length 8: windows
 
-# Cells that fail on today's code for a reason another branch of issue 22 fixes (strict: they must start passing).
-KNOWN_FAILURES = {
-    (cell, task): "i22-task: training/sweep.py load_trial_splits rebuilds Splits without task and label_scale, "
-                  "so the sweep detects single_label and every trial fails on the label set or the score"
-    for cell, task in (("sweep", "multi_label"), ("sweep", "regression"))
-}
-
-
-def expect(request, cell: str, task: str) -> None:
-    reason = KNOWN_FAILURES.get((cell, task))
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def run_cli(*args: str, ok: bool = True):
     result = CliRunner().invoke(main, [str(a) for a in args])
     if ok:
@@ -156,8 +142,7 @@ def test_kill_then_resume(run, tiny_bert_dir, data, task, task_name, tmp_path):
     assert_a_model_for(out / "best", task_name)
 
 
-def test_sweep_two_trials_and_its_final_test(request, tiny_bert_dir, data, task, task_name, tmp_path):
-    expect(request, "sweep", task_name)
+def test_sweep_two_trials_and_its_final_test(tiny_bert_dir, data, task, task_name, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("lr_head: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
     out = tmp_path / "sweep"
