@@ -134,11 +134,10 @@ def test_pipeline_reads_the_problem_type(multi_run, regression_run):
 def with_thresholds(src: Path, dst: Path, per_label: dict) -> Path:
     import shutil
 
-    from sentune.evaluation.calibrate import store_setting
+    from sentune import settings
 
     shutil.copytree(src, dst)
-    store_setting(dst, "thresholds",
-                  {"global": 0.5, "per_label": per_label, "fallback": [], "min_positives": 1, "n": 1})
+    settings.store(dst, thresholds={"global": 0.5, "per_label": per_label, "fallback": [], "min_positives": 1, "n": 1})
     return dst
 
 
