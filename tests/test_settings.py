@@ -49,7 +49,7 @@ def test_store_changes_one_key_and_keeps_the_rest(tmp_path):
     assert on_disk["model_type"] == "bert"
     assert on_disk["sentune"] == {"max_length": 64, "future_key": [1, 2], "temperature": 0.5,
                                   "thresholds": {"global": 0.3, "per_label": {}}}
-    assert settings.read(tmp_path).temperature == 0.5
+    assert ModelSettings.from_dict(on_disk["sentune"]).temperature == 0.5
     with pytest.raises(ValueError, match="not a model setting"):
         settings.store(tmp_path, temprature=0.5)
 

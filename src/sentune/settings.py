@@ -2,7 +2,7 @@
 
 Training writes it into `best/config.json` (`for_run`), `calibrate` and training's finish store changes to it
 (`store`: temperature, multi-label thresholds), and `Classifier`, export, serve and the model card read it
-(`of_config`, `from_dict`, `read`). Its defaults are the config tree's (config.py), so one value is spelt
+(`of_config`, `from_dict`). Its defaults are the config tree's (config.py), so one value is spelt
 once. A folder saved before a key existed (or any plain save_pretrained folder, with no dict at all) reads
 with the defaults for the missing keys, so old model folders still load.
 """
@@ -95,11 +95,6 @@ def for_run(cfg, label_scale: dict | None = None) -> ModelSettings:
 def of_config(config) -> ModelSettings:
     """The settings of a loaded transformers config (its `sentune` attribute; none on a plain model)."""
     return ModelSettings.from_dict(getattr(config, KEY, None))
-
-
-def read(model_dir: str | Path) -> ModelSettings:
-    """The settings in MODEL_DIR/config.json."""
-    return ModelSettings.from_dict(_read_config(Path(model_dir) / "config.json").get(KEY))
 
 
 def store(model_dir: str | Path, **changes: Any) -> Path:
