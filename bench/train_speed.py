@@ -113,11 +113,10 @@ def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict:
 
 def resolved_precision(precision: str) -> str:
     """What `--precision` means on this machine (auto is fp32 on a CPU without native bf16)."""
-    import torch
-
+    from sentune.inference.runners import pick_device
     from sentune.precision import resolve_precision
 
-    return resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_precision(precision, pick_device("auto"))
 
 
 def cpu_seconds() -> float:

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from sentune.config import DataConfig
 from sentune.data import splits as data
-from sentune.data.text import encode_texts, normalize_tweet, repair_mojibake, wants_tweet_normalization
+from sentune.data.text import encode_texts, normalize_tweet, repair_mojibake
 from sentune.errors import DataError, OfflineError
+from sentune.settings import wants_tweet_normalization
 
 
 def cfg(**kw) -> DataConfig:

@@ -89,7 +89,7 @@ def test_gzip_past_its_expansion_cap_is_refused(tmp_path, monkeypatch):
 
 
 def test_dollar_in_a_label_name_does_not_break_the_confusion_plot(tmp_path):
-    from sentune.evaluation.report import plot_confusion
+    from sentune.evaluation.plots import plot_confusion
 
     path = plot_confusion([[3, 1], [0, 4]], ["price $x^{$", "cost $5"], tmp_path / "cm.png")
     assert path.stat().st_size > 0

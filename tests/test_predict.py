@@ -18,8 +18,9 @@ from tiny_trained import train_tiny
 from sentune import Classifier
 from sentune.cli import main
 from sentune.errors import ModelError
-from sentune.inference.classifier import default_max_length, softmax
+from sentune.inference.classifier import softmax
 from sentune.inference.files import predict_rows
+from sentune.settings import default_max_length
 
 TEXTS = ["good great film", "awful", "the plot was boring and the acting was bad " * 6, "ok fine", "love it",
          "not quite the worst movie of this year but very dull", "meh"]

@@ -1,4 +1,9 @@
-"""sentune: fine-tune, evaluate and serve transformer text classifiers from one command."""
+"""sentune: fine-tune, evaluate and serve transformer text classifiers from one command.
+
+    import sentune
+    result = sentune.train(preset="demo", limit_train=200, epochs=1)   # sentune.api: the CLI's options by name
+    result.classifier.predict(["what a great day"])
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,23 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from sentune.api import EvaluationResult, TrainResult, evaluate, train
+    from sentune.config import Config
     from sentune.inference.classifier import Classifier
     from sentune.training.sweep import sweep
 
+# name -> module; lazy so that `import sentune` (and the CLI's start-up) does not import torch
+LAZY = {"train": "sentune.api", "evaluate": "sentune.api", "TrainResult": "sentune.api",
+        "EvaluationResult": "sentune.api", "Config": "sentune.config", "Classifier": "sentune.inference.classifier",
+        "sweep": "sentune.training.sweep"}  # sweep(cfg, space, n_trials=...) -> SweepResult (study, best/)
+
 
 def __getattr__(name: str):
-    # Lazy so that `import sentune` (and the CLI's start-up) does not import torch.
-    if name == "Classifier":
-        from sentune.inference.classifier import Classifier
+    if name not in LAZY:
+        raise AttributeError(name)
+    import importlib
 
-        return Classifier
-    if name == "sweep":  # sentune.sweep(cfg, space, n_trials=...) -> SweepResult (study, best trial, best/)
-        from sentune.training.sweep import sweep
-
-        return sweep
-    raise AttributeError(name)
+    return getattr(importlib.import_module(LAZY[name]), name)
 
 
-__all__ = ["Classifier", "__version__", "sweep"]
+__all__ = ["Classifier", "Config", "EvaluationResult", "TrainResult", "__version__", "evaluate", "sweep", "train"]

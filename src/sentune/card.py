@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from sentune.atomic import atomic_write_text
+from sentune.settings import KEY, ModelSettings
 
 CARD = "README.md"
 RESULTS_BEGIN, RESULTS_END = "<!-- sentune:results -->", "<!-- /sentune:results -->"
@@ -164,21 +165,20 @@ def data_section(manifest: dict) -> str:
 
 
 def calibration_section(model_cfg: dict, results: list) -> str:
-    meta = model_cfg.get("sentune") or {}
+    s = ModelSettings.from_dict(model_cfg.get(KEY))
     ece = next((r.metric_value for r in results if r.metric_type == "ece"), None)
     text = "## Calibration and thresholds\n\n"
-    if meta.get("temperature"):
-        text += f"Temperature scaling: logits are divided by T = {meta['temperature']:.4f} (`sentune calibrate`). "
+    if s.temperature:
+        text += f"Temperature scaling: logits are divided by T = {s.temperature:.4f} (`sentune calibrate`). "
     else:
         text += "Not calibrated (`sentune calibrate` fits a temperature on validation data). "
     if ece is not None:
         text += f"Test ECE of the weights at the end of training: {ece:.4f}. "
-    thresholds = meta.get("thresholds")  # multi-label models: {"global": t, "per_label": {label: t}}
     if model_cfg.get("problem_type") == "regression":
         text += "Regression: the output is the predicted value (no thresholds)."
-    elif thresholds:
-        per = thresholds.get("per_label") or {}
-        text += (f"Decision thresholds (tuned on validation): global {thresholds.get('global', 0.5):.2f}"
+    elif s.thresholds:  # multi-label models: {"global": t, "per_label": {label: t}}
+        per = s.thresholds.get("per_label") or {}
+        text += (f"Decision thresholds (tuned on validation): global {s.thresholds.get('global', 0.5):.2f}"
                  + (f"; per label {min(per.values()):.2f}..{max(per.values()):.2f}" if per else "") + ".")
     elif model_cfg.get("problem_type") == "multi_label_classification":
         text += "Decision: every label whose probability reaches 0.5."
@@ -188,17 +188,17 @@ def calibration_section(model_cfg: dict, results: list) -> str:
 
 
 def long_text_section(model_cfg: dict) -> str:
-    meta = model_cfg.get("sentune") or {}
-    if meta.get("long_text") == "windows":
-        return (f"## Long texts\n\nLong texts are read in windows of {meta.get('max_length', '?')} tokens (stride "
-                f"{meta.get('stride')}, at most {meta.get('max_windows')} windows), pooled by `{meta.get('pool')}` "
+    s = ModelSettings.from_dict(model_cfg.get(KEY))
+    length = s.max_length or "?"
+    if s.windows:
+        return (f"## Long texts\n\nLong texts are read in windows of {length} tokens (stride "
+                f"{s.stride}, at most {s.max_windows} windows), pooled by `{s.pool}` "
                 "(`--long-text windows`), in training, predict and serve alike.")
-    mode = meta.get("truncation", "head")
     kept = {"head": "the first tokens", "tail": "the last tokens",
-            "head+tail": f"the first {meta.get('head_tokens', 128)} and the last remaining tokens"}.get(mode, mode)
-    return (f"## Long texts\n\nInputs are cut to {meta.get('max_length', '?')} tokens (special tokens included), "
-            f"keeping {kept} (`--truncation {mode}`); predict, serve and explain do the same."
-            + (" Tweets are normalized (`@user`, `http`) first." if meta.get("normalize_tweets") else ""))
+            "head+tail": f"the first {s.head_tokens} and the last remaining tokens"}.get(s.truncation, s.truncation)
+    return (f"## Long texts\n\nInputs are cut to {length} tokens (special tokens included), "
+            f"keeping {kept} (`--truncation {s.truncation}`); predict, serve and explain do the same."
+            + (" Tweets are normalized (`@user`, `http`) first." if s.normalize_tweets else ""))
 
 
 def usage_section() -> str:

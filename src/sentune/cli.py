@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from sentune import config as config_lib
 from sentune.errors import SentuneError
+from sentune.inference.runners import BACKENDS
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -37,6 +38,56 @@ PRECISION_OPTION = click.option(
     "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
     help="torch backend: auto = bf16 on CUDA with bf16 and CPUs with native bf16 (SENTUNE_CPU_BF16=0|1 "
          "forces the CPU answer), fp16 on older GPUs, else fp32")
+
+
+BACKEND_OPTION = click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+                              help="auto: torch when MODEL_DIR has PyTorch weights, else onnx")
+
+
+def options(*decorators):
+    """Several click options as one decorator, in the order given (so commands share one spelling of them)."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+def labelled_source_options(file_option, split: str):
+    """evaluate's and calibrate's data options (evaluation/labelled.py reads them): a file or a dataset split."""
+    return options(
+        file_option,
+        click.option("--dataset", type=str, default=None,
+                     help="Hub dataset name, local file or folder, or package:NAME (with --split)"),
+        click.option("--split", type=str, default=split, show_default=True, help="split of --dataset to use"),
+        click.option("--dataset-config", type=str, default=None, help="Hub dataset configuration name"),
+        click.option("--text-column", type=str, default="text", show_default=True),
+        click.option("--label-column", type=str, default="label", show_default=True),
+        click.option("--limit", type=int, default=None, help="a seeded, label-stratified sample of N rows"),
+        click.option("--batch-size", type=int, default=32, show_default=True),
+        click.option("--label-separator", type=str, default=None,
+                     help="multi-label: names joined by this in the label column"),
+        click.option("--label-columns", type=str, default=None,
+                     help="multi-label: one 0/1 column per label, comma-separated"))
+
+
+TEXTS_OR_INPUT = options(
+    click.argument("texts", nargs=-1),
+    click.option("--input", "input_path", type=str, default=None,
+                 help="txt (one text per line), csv, tsv or jsonl(.gz) file; - reads stdin"),
+    click.option("--text-column", type=str, default="text", show_default=True))
+
+
+def input_rows(texts: tuple[str, ...], input_path: str | None, text_column: str):
+    """Rows ({"text": ...} and the file's other columns) of the TEXT arguments or of --input, never both."""
+    from sentune.data.splits import read_texts
+    from sentune.errors import ConfigError
+
+    if bool(texts) == bool(input_path):
+        raise ConfigError("give either TEXT arguments or --input FILE (--input - reads stdin)")
+    if input_path is None:
+        return ({"text": t} for t in texts)
+    return read_texts(input_path, text_column)
 
 
 @click.group(cls=SentuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,16 +130,10 @@ def config_options(command):
 @config_options
 def train(preset: str | None, config_file: str | None, resume: str | None, **flags) -> None:
     """Fine-tune a classifier (defaults: the reference IMDB recipe)."""
-    from sentune.training import loop as train_lib
+    from sentune import api
 
-    given = {k: v for k, v in flags.items() if v is not None}
-    if resume:  # the run's own config.yaml; only harmless flags (--epochs, --patience, ...) may change
-        from sentune.training.checkpoint import resume_config
-
-        cfg = resume_config(resume, given, preset=preset, config_file=config_file)
-    else:
-        cfg = config_lib.resolve(preset or "imdb", config_file, given)
-    train_lib.run(cfg)
+    # with --resume: the run's own config.yaml; only harmless flags (--epochs, --patience, ...) may change
+    api.train(preset=preset, config_file=config_file, resume=resume, **flags)
 
 
 # ---- sweep ------------------------------------------------------------------------------------------
@@ -140,17 +185,9 @@ def sweep(preset: str | None, config_file: str | None, search: str | None, n_tri
 # ---- evaluate (owner: evaluation engineer) -----------------------------------------------------------
 @main.command()
 @click.argument("model_dir", type=click.Path())
-@click.option("--dataset", type=str, default=None, help="Hub dataset name or local path (file or folder)")
-@click.option("--test-file", type=click.Path(dir_okay=False), default=None, help="labelled file to score")
-@click.option("--dataset-config", type=str, default=None, help="Hub dataset configuration name")
-@click.option("--split", type=str, default="test", show_default=True, help="split of --dataset to score")
-@click.option("--text-column", type=str, default="text", show_default=True)
-@click.option("--label-column", type=str, default="label", show_default=True)
-@click.option("--limit", type=int, default=None, help="score a seeded, label-stratified sample of N rows")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--label-separator", type=str, default=None, help="multi-label: names joined by this in the label column")
-@click.option("--label-columns", type=str, default=None, help="multi-label: one 0/1 column per label, comma-separated")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True)
+@labelled_source_options(click.option("--test-file", type=click.Path(dir_okay=False), default=None,
+                                      help="labelled file to score"), split="test")
+@BACKEND_OPTION
 @PRECISION_OPTION
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="also write the JSON here")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
@@ -164,39 +201,26 @@ def evaluate(model_dir: str, output: str | None, output_dir: str | None, update_
     """
     import json
 
-    from sentune.evaluation import evaluate as evaluate_lib
+    from sentune import api
+    from sentune.evaluation.evaluate import summary_lines
 
     quiet_transformers()
-    metrics = evaluate_lib.evaluate_model(model_dir, **options)
-    for line in evaluate_lib.summary_lines(metrics):
+    result = api.evaluate(model_dir, output=output, output_dir=output_dir, update_card=update_card, **options)
+    for line in summary_lines(result.metrics):
         click.echo(line)
-    if output_dir:
-        from sentune.evaluation.report import write_eval_report
-
-        click.echo(f"report: {write_eval_report(output_dir, metrics)}")
-    if output:
-        evaluate_lib.write_metrics(output, metrics)
-    if update_card:
-        from sentune.card import update_card as add_to_card
-
-        click.echo(f"model card: {add_to_card(model_dir, metrics)}")
-    click.echo(json.dumps(metrics))
+    if result.report:
+        click.echo(f"report: {result.report}")
+    if result.card:
+        click.echo(f"model card: {result.card}")
+    click.echo(json.dumps(result.metrics))
 
 
 # ---- calibrate (owner: evaluation engineer) ----------------------------------------------------------
 @main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--validation-file", type=click.Path(dir_okay=False), default=None,
-              help="labelled held-out data (never the test set) to fit the temperature on")
-@click.option("--dataset", type=str, default=None, help="or: a Hub name / local folder / package: source ...")
-@click.option("--split", type=str, default="validation", show_default=True, help="... and its split to use")
-@click.option("--dataset-config", type=str, default=None, help="Hub dataset configuration name")
-@click.option("--text-column", type=str, default="text", show_default=True)
-@click.option("--label-column", type=str, default="label", show_default=True)
-@click.option("--limit", type=int, default=None, help="use a seeded, label-stratified sample of N rows")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--label-separator", type=str, default=None, help="multi-label: names joined by this in the label column")
-@click.option("--label-columns", type=str, default=None, help="multi-label: one 0/1 column per label, comma-separated")
+@labelled_source_options(click.option("--validation-file", type=click.Path(dir_okay=False), default=None,
+                                      help="labelled held-out data (never the test set) to fit on"),
+                         split="validation")
 def calibrate(model_dir: str, validation_file: str | None, **options) -> None:
     """Fit temperature scaling on validation data and store T in MODEL_DIR/config.json.
 
@@ -209,7 +233,7 @@ def calibrate(model_dir: str, validation_file: str | None, **options) -> None:
 
     quiet_transformers()
     result = calibrate_model(model_dir, validation_file, **options)
-    if result.get("task") == "multi_label":
+    if "thresholds" in result:  # a multi-label model's calibration
         t = result["thresholds"]
         click.echo(f"thresholds tuned on {result['n']} rows of {result['data']['source']}: global {t['global']:.2f}, "
                    f"{len(t['per_label']) - len(t['fallback'])} per-label (the rest use the global one)")
@@ -236,15 +260,11 @@ def quiet_transformers() -> None:
 
 @main.command()
 @click.argument("model_dir", type=click.Path())
-@click.argument("texts", nargs=-1)
-@click.option("--input", "input_path", type=str, default=None,
-              help="txt (one text per line), csv, tsv or jsonl(.gz) file; - reads stdin")
+@TEXTS_OR_INPUT
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="write here instead of stdout")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("--text-column", type=str, default="text", show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
-              help="auto: torch when MODEL_DIR has PyTorch weights, else onnx")
+@BACKEND_OPTION
 @PRECISION_OPTION
 @click.option("--bf16/--no-bf16", default=False, hidden=True, help="the same as --precision bf16")
 def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, output: str | None, fmt: str,
@@ -256,14 +276,12 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     """
     import time
 
-    from sentune.data.splits import read_texts
     from sentune.errors import ConfigError
     from sentune.inference.classifier import Classifier
     from sentune.inference.files import write_predictions
     from sentune.inference.shard import load_for_launch
 
-    if bool(texts) == bool(input_path):
-        raise ConfigError("give either TEXT arguments or --input FILE (--input - reads stdin)")
+    rows = input_rows(texts, input_path, text_column)
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     quiet_transformers()
@@ -271,7 +289,6 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     clf, writes = load_for_launch(lambda device: Classifier.load(model_dir, backend=backend, device=device,
                                                                  precision="bf16" if bf16 else precision),
                                   input_path)
-    rows = ({"text": t} for t in texts) if texts or input_path is None else read_texts(input_path, text_column)
     start = time.perf_counter()
     with click.open_file((output or "-") if writes else os.devnull, "w", encoding="utf-8", lazy=False) as out:
         accuracy = write_predictions(clf, rows, out, fmt=fmt, batch_size=batch_size,
@@ -286,10 +303,7 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
 
 @main.command()
 @click.argument("model_dir", type=click.Path())
-@click.argument("texts", nargs=-1)
-@click.option("--input", "input_path", type=str, default=None,
-              help="txt (one text per line), csv, tsv or jsonl(.gz) file; - reads stdin")
-@click.option("--text-column", type=str, default="text", show_default=True)
+@TEXTS_OR_INPUT
 @click.option("--target", type=str, default=None, help="explain this label instead of the predicted one")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="integration steps (more: smaller convergence delta, slower)  [default: 32]")
@@ -304,18 +318,14 @@ def explain(model_dir: str, texts: tuple[str, ...], input_path: str | None, text
     """
     import json
 
-    from sentune.data.splits import read_texts
-    from sentune.errors import ConfigError
     from sentune.inference.classifier import Classifier
     from sentune.inference.explain_view import colour_lines
     from sentune.inference.files import output_record
 
-    if bool(texts) == bool(input_path):
-        raise ConfigError("give either TEXT arguments or --input FILE (--input - reads stdin)")
+    rows = input_rows(texts, input_path, text_column)
     quiet_transformers()
     clf = Classifier.load(model_dir)
     colour = fmt == "color" or (fmt == "auto" and sys.stdout.isatty())
-    rows = ({"text": t} for t in texts) if texts or input_path is None else read_texts(input_path, text_column)
     for index, row in enumerate(rows):
         record = clf.explain([row["text"]], target=target, steps=steps)[0]
         if colour:
@@ -356,7 +366,7 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
 @click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--host", type=str, default="127.0.0.1", show_default=True, help="0.0.0.0 exposes it to the network")
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True)
+@BACKEND_OPTION
 @click.option("--api-key", "api_keys", multiple=True, envvar="SENTUNE_API_KEY", show_envvar=True,
               help="require 'Authorization: Bearer KEY' on every route but /health, /ready, /metrics, the page "
                    "and the API docs (repeatable; on the command line it shows in `ps`: prefer the variable, "

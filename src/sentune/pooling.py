@@ -19,6 +19,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from sentune.config import DataConfig
+
 POOLS = ("mean", "max", "attention")
 ATTRIBUTE = "window_pool"  # the attention pool's name on the model, so its weights are saved with it
 
@@ -73,7 +75,8 @@ def pool_rows(model: nn.Module, rows: torch.Tensor, window_doc: torch.Tensor) ->
 
 
 def pool_mode(model: nn.Module) -> str:
-    return (getattr(model.config, "sentune", None) or {}).get("pool", "mean")
+    # the `sentune` dict of the model's config (sentune/settings.py owns it; this leaf only reads one key)
+    return (getattr(model.config, "sentune", None) or {}).get("pool", DataConfig.pool)
 
 
 def attach_pool(model: nn.Module, mode: str) -> None:

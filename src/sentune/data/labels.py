@@ -66,26 +66,20 @@ def regression_targets(part: RawSplit) -> list[float]:
     return out
 
 
-def encode(task: str, raw: dict[str, RawSplit], label_column: str,
-           label_scale: str) -> tuple[list[str], dict[str, list], dict | None]:
-    """(label names, labels per split, regression scale) for a multi-label or regression run."""
-    if task == "multi_label":
-        names = multi_label_vocabulary(raw["train"])
-        return names, {split: multi_hot(part, names) for split, part in raw.items()}, None
+def encode_label_sets(raw: dict[str, RawSplit], label_column: str,
+                      label_scale: str) -> tuple[list[str], dict[str, list], None]:
+    """(label names, 0/1 vectors per split, no scale) for a multi-label run."""
+    names = multi_label_vocabulary(raw["train"])
+    return names, {split: multi_hot(part, names) for split, part in raw.items()}, None
+
+
+def encode_values(raw: dict[str, RawSplit], label_column: str,
+                  label_scale: str) -> tuple[list[str], dict[str, list], dict]:
+    """(the column as the one output's name, standardised targets per split, their scale) for regression."""
     values = {split: regression_targets(part) for split, part in raw.items()}
     scale = tasks.standardise(values["train"], label_scale)
     mean, std = scale["mean"], scale["std"]
     return [label_column], {s: [(v - mean) / std for v in vs] for s, vs in values.items()}, scale
-
-
-def label_summary(task: str, labels: list) -> dict:
-    """What the manifest and the data summary say about one split's labels."""
-    y = np.asarray(labels, dtype=np.float64)
-    if task == "multi_label":
-        per_row = y.sum(1)
-        return {"no_label": int((per_row == 0).sum()), "two_or_more": int((per_row >= 2).sum()),
-                "positives": y.sum(0).astype(int).tolist()}
-    return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
 
 
 # ---- stratified sampling ----------------------------------------------------------------------------------

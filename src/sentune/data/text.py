@@ -7,12 +7,9 @@ Text Classification?": keep the first `head_tokens` and the last remaining token
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
-from pathlib import Path
-
-TWITTER_MARKERS = ("twitter-roberta", "twitter-xlm-roberta", "bertweet", "cardiffnlp")
+from dataclasses import dataclass
 
 
 def normalize_tweet(text: str) -> str:
@@ -23,24 +20,6 @@ def normalize_tweet(text: str) -> str:
         word = "http" if word.startswith("http") else word
         words.append(word)
     return " ".join(words)
-
-
-def wants_tweet_normalization(model_name_or_path: str, setting: str) -> bool:
-    """on/off are explicit; auto is True for Twitter-pretrained models or a folder saved with it on."""
-    if setting in ("on", "off"):
-        return setting == "on"
-    config = Path(model_name_or_path) / "config.json"
-    names = [str(model_name_or_path)]
-    if config.is_file():
-        try:
-            meta = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            meta = {}
-        saved = (meta.get("sentune") or {}).get("normalize_tweets")
-        if isinstance(saved, bool):
-            return saved
-        names.append(str(meta.get("_name_or_path", "")))
-    return any(marker in name.lower() for name in names for marker in TWITTER_MARKERS)
 
 
 def _special_template(tokenizer) -> tuple[list[int], list[int]]:
@@ -73,24 +52,45 @@ def truncate_ids(ids: list[int], budget: int, truncation: str, head_tokens: int)
     raise ValueError(f"unknown truncation {truncation!r}; use head, tail or head+tail")
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str = "head",
-                 head_tokens: int = 128) -> list[list[int]]:
-    """Unpadded ids with special tokens, never longer than `max_length`.
+@dataclass
+class Content:
+    """Texts tokenized whole, without special tokens: the first step of every encoding (truncated, windowed,
+    explained), and the special tokens and content budget of one sequence of `max_length` tokens."""
 
-    Texts are tokenized whole (one batched call to the fast tokenizer), then the content ids are cut,
-    then the special tokens are added back, so head+tail keeps exactly the intended content tokens.
-    """
+    prefix: list[int]
+    suffix: list[int]
+    budget: int  # content tokens one sequence holds next to the special tokens
+    ids: list[list[int]]
+    offsets: list | None = None  # per text, each token's (start, end) characters, when asked for
+
+    def wrap(self, content: list[int]) -> list[int]:
+        return self.prefix + content + self.suffix
+
+
+def tokenize_content(tokenizer, texts: list[str], max_length: int, offsets: bool = False) -> Content:
+    """One batched call to the fast tokenizer on the whole texts (`encodable` first); nothing is cut yet."""
     prefix, suffix = _special_template(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
         specials = len(prefix) + len(suffix)
         raise ValueError(f"max_length {max_length} leaves no room next to {specials} special tokens")
     if not texts:
-        return []
-    # verbose=False: sequences longer than the model maximum are expected here (we cut them below).
-    encoded = tokenizer([encodable(t) for t in texts], add_special_tokens=False, truncation=False,
-                        verbose=False)["input_ids"]
-    return [prefix + truncate_ids(ids, budget, truncation, head_tokens) + suffix for ids in encoded]
+        return Content(prefix, suffix, budget, [], [] if offsets else None)
+    # verbose=False: sequences longer than the model maximum are expected here (the callers cut them).
+    enc = tokenizer([encodable(t) for t in texts], add_special_tokens=False, truncation=False, verbose=False,
+                    return_offsets_mapping=offsets)
+    return Content(prefix, suffix, budget, enc["input_ids"], enc["offset_mapping"] if offsets else None)
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str = "head",
+                 head_tokens: int = 128) -> list[list[int]]:
+    """Unpadded ids with special tokens, never longer than `max_length`.
+
+    Texts are tokenized whole, then the content ids are cut, then the special tokens are added back, so
+    head+tail keeps exactly the intended content tokens.
+    """
+    content = tokenize_content(tokenizer, texts, max_length)
+    return [content.wrap(truncate_ids(ids, content.budget, truncation, head_tokens)) for ids in content.ids]
 
 
 def encodable(text: str) -> str:

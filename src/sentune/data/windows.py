@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sentune.data.text import _special_template, encodable
+from sentune.data.text import tokenize_content
 from sentune.errors import ConfigError
 
 
@@ -50,17 +50,9 @@ def spread(count: int, keep: int) -> list[int]:
 def encode_windows(tokenizer, texts: list[str], max_length: int, stride: int,
                    max_windows: int) -> list[list[list[int]]]:
     """Per text, its windows as unpadded ids with special tokens (each at most `max_length` long)."""
-    prefix, suffix = _special_template(tokenizer)
-    budget = max_length - len(prefix) - len(suffix)
-    if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room next to {len(prefix) + len(suffix)} "
-                         "special tokens")
-    if not texts:
-        return []
-    encoded = tokenizer([encodable(t) for t in texts], add_special_tokens=False, truncation=False,
-                        verbose=False)["input_ids"]
-    return [[prefix + ids[a:b] + suffix for a, b in window_spans(len(ids), budget, stride, max_windows)]
-            for ids in encoded]
+    content = tokenize_content(tokenizer, texts, max_length)
+    return [[content.wrap(ids[a:b]) for a, b in window_spans(len(ids), content.budget, stride, max_windows)]
+            for ids in content.ids]
 
 
 @dataclass

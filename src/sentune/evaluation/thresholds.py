@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sentune import settings as settings_lib
+
 GRID = np.round(np.arange(0.02, 0.98, 0.01), 2)
 MIN_POSITIVES = 10
 
@@ -50,6 +52,4 @@ def tune_thresholds(probs, labels, label_names: Sequence[str], min_positives: in
 
 def store_thresholds(model_dir: str | Path, thresholds: dict) -> Path:
     """Write `sentune.thresholds` into config.json atomically."""
-    from sentune.evaluation.calibrate import store_setting
-
-    return store_setting(model_dir, "thresholds", thresholds)
+    return settings_lib.store(model_dir, thresholds=thresholds)

@@ -1,8 +1,9 @@
 """`Classifier`: one inference path (length-sorted dynamic batches) for predict, serve, export and evaluate.
 
 Works on any `save_pretrained` sequence-classification folder and on an ONNX export (`sentune export`).
-When `config.json` carries the `sentune` dict written by training (max_length, truncation, head_tokens,
-normalize_tweets, temperature), inputs are prepared exactly as in training and logits are calibrated.
+When `config.json` carries the `sentune` dict written by training (`sentune.settings`: max_length, truncation,
+head_tokens, normalize_tweets, temperature, ...), inputs are prepared exactly as in training and logits are
+calibrated; the logits themselves come from a runner (`inference/runners.py`: torch or ONNX).
 A model trained with `--long-text windows` (long_text, stride, max_windows, pool in that dict) reads every
 text in windows and pools them as training did (`inference/windowed.py`); each prediction says how many
 windows its text used.
@@ -11,82 +12,15 @@ windows its text used.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sentune import tasks
 from sentune.data.padding import pad_rows
 from sentune.errors import ModelError
-
-if TYPE_CHECKING:
-    from sentune.inference.windowed import WindowedLogits
-
-ONNX_FILE = "model.onnx"
-BACKENDS = ("auto", "torch", "onnx")
-
-
-@dataclass
-class Settings:
-    """How inputs are prepared and logits turned into probabilities (from `config.json`'s `sentune` dict)."""
-
-    labels: list[str]
-    max_length: int
-    truncation: str = "head"
-    head_tokens: int = 128
-    normalize_tweets: bool = False
-    temperature: float | None = None
-    task: str = "single_label"  # from config.json's problem_type
-    thresholds: dict | None = None  # multi-label decision thresholds ({"global", "per_label"}), tuned by training
-    label_scale: dict | None = None  # regression: the training targets' mean/std (already folded into the head)
-    long_text: str = "truncate"
-    stride: int = 64
-    max_windows: int = 16
-    pool: str = "mean"
-
-    @property
-    def windows(self) -> bool:
-        return self.long_text == "windows"
-
-
-def read_settings(path: str, config, tokenizer) -> Settings:
-    """Training metadata when present, else defaults that fit any plain save_pretrained folder."""
-    from sentune.data import splits as data
-
-    meta = dict(getattr(config, "sentune", None) or {})
-    labels = [config.id2label[i] for i in range(config.num_labels)]
-    if "normalize_tweets" in meta:
-        normalize = bool(meta["normalize_tweets"])
-    else:
-        normalize = data.wants_tweet_normalization(path, "auto")
-    return Settings(
-        labels=labels,
-        max_length=int(meta.get("max_length") or default_max_length(config, tokenizer)),
-        truncation=meta.get("truncation", "head"),
-        head_tokens=int(meta.get("head_tokens", 128)),
-        normalize_tweets=normalize,
-        temperature=float(meta["temperature"]) if meta.get("temperature") else None,
-        task=tasks.task_of(config),
-        thresholds=meta.get("thresholds") or None,
-        label_scale=meta.get("label_scale") or None,
-        long_text=meta.get("long_text", "truncate"),
-        stride=int(meta.get("stride", 64)),
-        max_windows=int(meta.get("max_windows", 16)),
-        pool=meta.get("pool", "mean"),
-    )
-
-
-def default_max_length(config, tokenizer) -> int:
-    """min(tokenizer limit, 512), and never more positions than the model has."""
-    limit = min(int(tokenizer.model_max_length), 512)
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        # RoBERTa-family models number positions from padding_idx + 1, so two positions are unusable.
-        offset = 2 if "roberta" in (config.model_type or "") or config.model_type == "camembert" else 0
-        limit = min(limit, int(positions) - offset)
-    return limit
+from sentune.inference.runners import check_texts, inference_precision, load_runner, pick_backend, pick_device
+from sentune.settings import ModelSettings, of_config
 
 
 def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
@@ -98,112 +32,14 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-class TorchRunner:
-    """Logits from a PyTorch model under inference_mode; bf16/fp16 cast the weights (no autocast overhead)."""
-
-    def __init__(self, path: str, device: str, precision: str, pool: str | None = None):
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        from sentune.precision import torch_dtype
-
-        self.torch = torch
-        self.device = torch.device(device)
-        dtype = torch_dtype(precision)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load a classification model from {path}: {e}") from None
-        self.model = model.to(self.device).eval()
-        self.windowed: WindowedLogits | None = None
-        if pool is not None:  # a windowed model: pool the windows as training did
-            from sentune import pooling
-            from sentune.inference.windowed import WindowedLogits
-
-            if pool == "attention":
-                pooling.load_pool(self.model, path)
-            self.windowed = WindowedLogits(self.model, pool).eval()
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 window_mask: np.ndarray | None = None) -> np.ndarray:
-        torch = self.torch
-        ids, mask = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(attention_mask).to(self.device)
-        with torch.inference_mode():
-            if window_mask is not None:
-                assert self.windowed is not None  # window masks come only with a windowed model's settings
-                return self.windowed(ids, mask, torch.from_numpy(window_mask).to(self.device)).float().cpu().numpy()
-            out = self.model(input_ids=ids, attention_mask=mask)
-        return out.logits.float().cpu().numpy()
-
-
-class OnnxRunner:
-    """Logits from an ONNX Runtime session (`sentune export` output); needs no torch at run time."""
-
-    def __init__(self, path: str, device: str):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ModelError("the onnx backend needs onnxruntime: pip install 'sentune[export]'") from None
-        model_file = Path(path) / ONNX_FILE
-        if not model_file.is_file():
-            raise ModelError(f"no {ONNX_FILE} in {path}; create one with: sentune export {path} --format onnx")
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_file), options, providers=providers)
-        self.input_names = {i.name for i in self.session.get_inputs()}
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 window_mask: np.ndarray | None = None) -> np.ndarray:
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if window_mask is not None:
-            if "window_mask" not in self.input_names:
-                raise ModelError("this ONNX export reads one window per text; export the model again")
-            feed["window_mask"] = window_mask
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = np.zeros_like(input_ids)
-        return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.input_names})[0]
-
-
-def pick_backend(path: Path, backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ModelError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    has_torch = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
-    return "torch" if has_torch or not (path / ONNX_FILE).is_file() else "onnx"
-
-
-def inference_precision(precision: str, backend: str, device: str) -> str:
-    """fp32 | bf16 | fp16 for this backend on this device (the ONNX backend computes in its export's types)."""
-    if backend == "onnx":
-        if precision not in ("auto", "fp32"):
-            raise ModelError(f"--precision {precision} is for the torch backend; an ONNX export runs as exported "
-                             "(fp32, or int8 with sentune export --quantize int8)")
-        return "fp32"
-    from sentune.precision import resolve_precision
-
-    return resolve_precision(precision, device.split(":")[0])
-
-
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class Classifier:
     """A text classifier ready to predict: `Classifier.load(path).predict(["great film"])`."""
 
-    def __init__(self, runner, tokenizer, settings: Settings, *, backend: str, device: str, name: str,
-                 path: str | None = None, precision: str = "fp32"):
+    def __init__(self, runner, tokenizer, settings: ModelSettings, *, labels: list[str], task: tasks.Task, backend: str,
+                 device: str, name: str, path: str | None = None, precision: str = "fp32"):
         self.runner = runner
+        self.labels = list(labels)
+        self.task = task  # from config.json's problem_type
         self.path = path
         self._explainer = None
         self.tokenizer = tokenizer
@@ -234,51 +70,42 @@ class Classifier:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load the config or tokenizer from {path}: {e}") from None
-        settings = read_settings(str(folder), config, tokenizer)
+        settings = of_config(config).resolve(str(folder), config, tokenizer)
         precision = inference_precision("bf16" if bf16 else precision, backend, device)
-        runner: OnnxRunner | TorchRunner
-        if backend == "onnx":
-            runner = OnnxRunner(str(folder), device)
-        else:
-            runner = TorchRunner(str(folder), device, precision, pool=settings.pool if settings.windows else None)
-        return cls(runner, tokenizer, settings, backend=backend, device=device, name=model_name(folder, config),
-                   path=str(folder), precision=precision)
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.settings.labels)
-
-    @property
-    def task(self) -> str:
-        return self.settings.task
+        runner = load_runner(folder, backend, device, precision, settings.pool if settings.windows else None)
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+        return cls(runner, tokenizer, settings, labels=labels, task=tasks.task_of(config), backend=backend,
+                   device=device, name=model_name(folder, config), path=str(folder), precision=precision)
 
     @property
     def thresholds(self) -> np.ndarray:
         """Per-label decision thresholds (multi-label), in `labels` order; 0.5 where none are stored."""
-        return tasks.threshold_vector(self.settings.thresholds, self.settings.labels)
+        return tasks.threshold_vector(self.settings.thresholds, self.labels)
 
     @property
     def max_length(self) -> int:
+        assert self.settings.max_length is not None  # `load` resolves it
         return self.settings.max_length
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids exactly as in training: tweet normalization, then head/tail truncation."""
-        from sentune.data import splits as data
+        from sentune.data.text import encode_texts
 
         s = self.settings
-        if s.normalize_tweets:
-            texts = [data.normalize_tweet(t) for t in texts]
-        return data.encode_texts(self.tokenizer, list(texts), s.max_length, s.truncation, s.head_tokens)
+        return encode_texts(self.tokenizer, self.normalized(texts), self.max_length, s.truncation, s.head_tokens)
 
     def encode_windows(self, texts: Sequence[str]) -> list[list[list[int]]]:
         """Per text its windows, as in training with `--long-text windows` (one window for a short text)."""
-        from sentune.data import splits as data
         from sentune.data.windows import encode_windows
 
         s = self.settings
-        if s.normalize_tweets:
-            texts = [data.normalize_tweet(t) for t in texts]
-        return encode_windows(self.tokenizer, list(texts), s.max_length, s.stride, s.max_windows)
+        return encode_windows(self.tokenizer, self.normalized(texts), self.max_length, s.stride, s.max_windows)
+
+    def normalized(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the model was trained on them (tweet normalization when its settings say so)."""
+        from sentune.data.text import normalize_tweet
+
+        return [normalize_tweet(t) for t in texts] if self.settings.normalize_tweets else list(texts)
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Raw logits (n, num_labels) in input order; batches are sorted by length to waste no padding."""
@@ -300,7 +127,7 @@ class Classifier:
         from sentune.data.windows import pad_windows, window_batches
 
         windows = self.encode_windows(texts)
-        out = np.zeros((len(windows), len(self.settings.labels)), dtype=np.float32)
+        out = np.zeros((len(windows), len(self.labels)), dtype=np.float32)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for rows in window_batches(windows, batch_size):
             out[rows] = self.runner(*pad_windows([windows[i] for i in rows], pad_id))
@@ -308,7 +135,7 @@ class Classifier:
 
     def _truncated_logits(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         ids = self.encode(texts)
-        out = np.zeros((len(ids), len(self.settings.labels)), dtype=np.float32)
+        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(order), batch_size):
@@ -362,8 +189,8 @@ class Classifier:
         if self.task == "regression":
             return [{"value": float(v)} for v in np.asarray(probs)[:, 0].tolist()]
         if self.task == "multi_label":
-            return multi_label_predictions(probs, self.settings.labels, self.thresholds)
-        labels = self.settings.labels
+            return multi_label_predictions(probs, self.labels, self.thresholds)
+        labels = self.labels
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
@@ -379,15 +206,6 @@ def multi_label_predictions(probs: np.ndarray, labels: list[str], thresholds: np
         out.append({"labels": [{"label": labels[i], "score": row[i]} for i in picked],
                     "probs": dict(zip(labels, row, strict=True))})
     return out
-
-
-def check_texts(texts) -> None:
-    # A lone string would otherwise be classified character by character.
-    if isinstance(texts, str):
-        raise TypeError("pass a list of texts, e.g. clf.predict([text])")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"text {i} is {type(t).__name__}, expected str")
 
 
 def model_name(folder: Path, config) -> str:

@@ -91,21 +91,20 @@ def kept_positions(settings, n: int, budget: int) -> list[list[int]]:
 
 def encode_for_explain(clf, texts: Sequence[str]) -> list[Encoded]:
     """The classifier's own ids (same normalization, truncation or windows) plus each token's word."""
-    from sentune.data.text import _special_template, encodable, normalize_tweet
+    from sentune.data.text import encodable, normalize_tweet, tokenize_content
 
-    s, tok = clf.settings, clf.tokenizer
+    s = clf.settings
     texts = [encodable(normalize_tweet(t) if s.normalize_tweets else t) for t in texts]
-    prefix, suffix = _special_template(tok)
-    budget = s.max_length - len(prefix) - len(suffix)
-    enc = tok(list(texts), add_special_tokens=False, truncation=False, verbose=False, return_offsets_mapping=True)
+    content = tokenize_content(clf.tokenizer, list(texts), clf.max_length, offsets=True)
+    prefix: list[int | None] = [None] * len(content.prefix)  # special tokens belong to no word
+    suffix: list[int | None] = [None] * len(content.suffix)
     out = []
-    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
+    for text, ids, offsets in zip(texts, content.ids, content.offsets or [], strict=True):
         spans = [m.span() for m in WORD.finditer(text)]
         windows, words = [], []
-        for kept in kept_positions(s, len(ids), budget):
-            windows.append(prefix + [ids[k] for k in kept] + suffix)
-            words.append([None] * len(prefix) + word_of_tokens([offsets[k] for k in kept], spans)
-                         + [None] * len(suffix))
+        for kept in kept_positions(s, len(ids), content.budget):
+            windows.append(content.wrap([ids[k] for k in kept]))
+            words.append(prefix + word_of_tokens([offsets[k] for k in kept], spans) + suffix)
         out.append(Encoded(text, windows, words, spans))
     return out
 
@@ -226,7 +225,7 @@ def torch_model_for(clf):
     """The classifier's torch model, or one loaded from its folder when it serves an ONNX export."""
     import torch
 
-    from sentune.inference.classifier import TorchRunner
+    from sentune.inference.runners import TorchRunner
 
     model = getattr(clf.runner, "model", None)
     if model is not None and next(model.parameters()).dtype == torch.float32:
@@ -243,7 +242,7 @@ def torch_model_for(clf):
 def explain(clf, texts: Sequence[str], target: str | None = None, steps: int = DEFAULT_STEPS,
             tokens_per_pass: int = TOKENS_PER_PASS) -> list[dict]:
     """One record per text: the explained label, words, a signed score per word, the convergence delta."""
-    from sentune.inference.classifier import check_texts
+    from sentune.inference.runners import check_texts
 
     check_texts(texts)
     if steps < 1:

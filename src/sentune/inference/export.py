@@ -25,7 +25,9 @@ import numpy as np
 
 from sentune.atomic import atomic_dir
 from sentune.errors import ConfigError, ModelError
-from sentune.inference.classifier import ONNX_FILE, Classifier
+from sentune.inference.classifier import Classifier
+from sentune.inference.runners import ONNX_FILE
+from sentune.settings import KEY
 
 CHECK_LIMIT = 1000  # rows of --check-file used for the parity check
 # Regression: an exported value agrees when within this share of the targets' std (or absolutely, unscaled)
@@ -210,12 +212,8 @@ def write_companions(model_dir: Path, out: Path, reference: Classifier) -> None:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
-    s = reference.settings
-    config.sentune = {**(getattr(config, "sentune", None) or {}), "max_length": s.max_length,
-                      "truncation": s.truncation, "head_tokens": s.head_tokens,
-                      "normalize_tweets": s.normalize_tweets}
-    if s.windows:
-        config.sentune.update(long_text=s.long_text, stride=s.stride, max_windows=s.max_windows, pool=s.pool)
+    # the resolved settings (max_length and tweet normalization filled in), over any key this version does not know
+    setattr(config, KEY, {**(getattr(config, KEY, None) or {}), **reference.settings.to_dict()})
     config.save_pretrained(out)
     reference.tokenizer.save_pretrained(out)
 

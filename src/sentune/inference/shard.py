@@ -46,11 +46,13 @@ def load_for_launch(load: Callable[[str], object], input_path: str | None, devic
         return load(device), True
     if input_path == "-":
         raise ConfigError("with several processes, read an --input FILE (stdin goes to one process only)")
-    import torch
     from accelerate import PartialState
 
-    # joins the launcher's process group: nccl on GPUs; on CPU it must be told (else it sees one process)
-    state = PartialState(cpu=not torch.cuda.is_available())
+    from sentune.inference.runners import pick_device
+
+    # joins the launcher's process group: nccl on GPUs; elsewhere gloo on the CPU, which it must be told (else
+    # it sees one process)
+    state = PartialState(cpu=not pick_device(device).startswith("cuda"))
     own = str(state.device) if device == "auto" else device
     classifier = load("cpu" if own.startswith("cpu") else own)
     return ShardedClassifier(classifier, state.process_index, state.num_processes), state.is_main_process

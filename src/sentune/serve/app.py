@@ -37,11 +37,15 @@ class PredictRequest(BaseModel):
     text: StrictStr | None = Field(None, description="a single text (instead of texts)")
 
 
+# Every task's prediction says how many windows its text was read in (a `--long-text windows` model).
+WINDOWS = Field(1, description="windows the text was read in (more than 1: a long text, whole)")
+
+
 class Prediction(BaseModel):
     label: str
     score: float = Field(description="probability of the predicted label")
     probs: dict[str, float] = Field(description="probability of every label")
-    windows: int = Field(1, description="windows the text was read in (more than 1: a long text, whole)")
+    windows: int = WINDOWS
 
 
 class PredictResponse(BaseModel):
@@ -78,6 +82,7 @@ class ChosenLabel(BaseModel):
 class MultiLabelPrediction(BaseModel):
     labels: list[ChosenLabel] = Field(description="every label at or above its decision threshold, best first")
     probs: dict[str, float] = Field(description="sigmoid probability of every label")
+    windows: int = WINDOWS
 
 
 class MultiLabelResponse(BaseModel):
@@ -86,6 +91,7 @@ class MultiLabelResponse(BaseModel):
 
 class RegressionPrediction(BaseModel):
     value: float = Field(description="the predicted value, in the training targets' units")
+    windows: int = WINDOWS
 
 
 class RegressionResponse(BaseModel):

@@ -14,10 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sentune.config import Config
 from sentune.errors import ConfigError
+from sentune.inference.runners import pick_device
 from sentune.precision import resolve_precision
 from sentune.training import tracking
 
@@ -30,7 +29,8 @@ def make_accelerator(cfg: Config, choose_run_dir: Callable[[Any], Path]) -> tupl
     from accelerate import Accelerator, PartialState
     from accelerate.utils import ProjectConfiguration
 
-    cpu, device_type = pick_device(cfg.run.device)
+    device_type = pick_device(cfg.run.device).split(":")[0]
+    cpu = device_type == "cpu"  # Accelerate's flag; on a GPU machine it picks the process's own GPU itself
     precision = ACCELERATE_PRECISION[resolve_precision(cfg.train.precision, device_type)]
     trackers = tracking.tracker_names(cfg.run.report_to)  # a missing package fails before any work
     fresh_state(precision, cpu)
@@ -39,15 +39,6 @@ def make_accelerator(cfg: Config, choose_run_dir: Callable[[Any], Path]) -> tupl
     acc = Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_steps=cfg.train.grad_accum,
                       log_with=trackers or None, project_config=project)
     return acc, run_dir
-
-
-def pick_device(device: str) -> tuple[bool, str]:
-    """(Accelerate's cpu flag, the device type the precision is resolved for)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available()
-                              and not torch.backends.mps.is_available())
-    return cpu, "cpu" if cpu else ("cuda" if torch.cuda.is_available() else device)
 
 
 def fresh_state(precision: str, cpu: bool) -> None:
