@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from sentune.inference.classifier import Classifier
+    from sentune.training.audit import audit
     from sentune.training.sweep import sweep
 
 
@@ -21,7 +22,11 @@ def __getattr__(name: str):
         from sentune.training.sweep import sweep
 
         return sweep
+    if name == "audit":  # sentune.audit(cfg, folds=5) -> AuditReport (findings; audit.md, issues.jsonl/.csv)
+        from sentune.training.audit import audit
+
+        return audit
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "__version__", "sweep"]
+__all__ = ["Classifier", "__version__", "audit", "sweep"]

@@ -90,6 +90,32 @@ def train(preset: str | None, config_file: str | None, resume: str | None, **fla
     train_lib.run(cfg)
 
 
+# ---- audit -----------------------------------------------------------------------------------------
+@main.command()
+@click.argument("data_path", required=False, type=str)
+@click.option("--preset", type=str, default=None, help="as for train (default: imdb)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with model/data/train/run sections; flags override it")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="k of the k-fold training that scores every training row out of fold")
+@config_options
+def audit(data_path: str | None, preset: str | None, config_file: str | None, folds: int, **flags) -> None:
+    """Find likely label errors, duplicates, leakage and outliers in DATA (a file or folder, else --dataset).
+
+    Takes train's flags; trains the top layers k times over one frozen-layer cache for out-of-fold scores,
+    then runs cleanlab on them. Writes audit.md, issues.jsonl and issues.csv into --output-dir.
+    """
+    from sentune.evaluation.audit_report import summary_lines
+    from sentune.training.audit import audit as run_audit
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    if data_path:
+        given["dataset"] = data_path
+    report = run_audit(config_lib.resolve(preset or "imdb", config_file, given), folds)
+    for line in summary_lines(report):
+        click.echo(line)
+
+
 # ---- sweep ------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--preset", type=str, default=None, help="the fixed part, as for train (default: imdb)")

@@ -214,3 +214,46 @@ def unscale(values, scale: dict | None) -> np.ndarray:
     """Standardised values back in the original units."""
     y = np.asarray(values, dtype=np.float64)
     return y if not scale else y * float(scale["std"]) + float(scale["mean"])
+
+
+# ---- audit and selection (sentune audit / select) --------------------------------------------------------
+CLEANLAB_TASKS = {"single_label": "classification", "multi_label": "multilabel", "regression": "regression"}
+
+
+def cleanlab_inputs(task: str, labels: Sequence, scores: np.ndarray) -> tuple[list, np.ndarray]:
+    """Labels and out-of-fold scores as cleanlab's Datalab takes them for CLEANLAB_TASKS[task]: class ids and
+    probabilities; lists of the labels present and per-label probabilities; targets and predictions (n,)."""
+    if task == "multi_label":
+        return [[j for j, on in enumerate(row) if on > 0.5] for row in labels], np.asarray(scores)
+    if task == "regression":
+        return [float(v) for v in labels], np.asarray(scores).reshape(-1)
+    return [int(v) for v in labels], np.asarray(scores)
+
+
+def label_text(task: str, value, names: Sequence[str], scale: dict | None = None):
+    """A label as people read it: a class name, a list of label names, or the target in its own units."""
+    if task == "multi_label":  # label indices (cleanlab's form) or a 0/1 vector (the splits' form)
+        ints = all(isinstance(v, int | np.integer) for v in value)
+        return [names[int(j)] for j in (value if ints else np.flatnonzero(np.asarray(value) > 0.5))]
+    if task == "regression":
+        return round(float(unscale([float(np.asarray(value).reshape(-1)[0])], scale)[0]), 6)
+    return names[int(value)]
+
+
+def uncertainty(task: str, scores: np.ndarray, strategy: str) -> np.ndarray:
+    """How much a label is worth for each text (higher: label it sooner): the predictive entropy, or one
+    minus the margin between the two likeliest answers (multi-label: summed over labels / the closest label
+    to its decision). Regression scores carry no uncertainty, so only random and diverse apply there."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1.0)
+    if task == "regression":
+        raise ConfigError(f"--strategy {strategy} needs class probabilities; a regression model gives one "
+                          "number per text, so use --strategy random or diverse")
+    if task == "multi_label":
+        q = np.clip(1.0 - p, 1e-12, 1.0)
+        if strategy == "entropy":
+            return -(p * np.log(p) + q * np.log(q)).sum(axis=1)
+        return 1.0 - np.abs(2.0 * p - 1.0).min(axis=1)
+    if strategy == "entropy":
+        return -(p * np.log(p)).sum(axis=1)
+    top = np.sort(p, axis=1)
+    return 1.0 - (top[:, -1] - top[:, -2])

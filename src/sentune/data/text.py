@@ -25,6 +25,13 @@ def normalize_tweet(text: str) -> str:
     return " ".join(words)
 
 
+def dedupe_key(text: str) -> str:
+    """What two texts must share to count as the same text: Unicode-compatible, case-folded, links and
+    @names as in normalize_tweet, punctuation and runs of whitespace ignored (`sentune audit`'s exact twins)."""
+    text = normalize_tweet(unicodedata.normalize("NFKC", text).casefold())
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
 def wants_tweet_normalization(model_name_or_path: str, setting: str) -> bool:
     """on/off are explicit; auto is True for Twitter-pretrained models or a folder saved with it on."""
     if setting in ("on", "off"):
