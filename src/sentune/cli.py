@@ -349,6 +349,32 @@ def explain(model_dir: str, texts: tuple[str, ...], input_path: str | None, text
 
 @main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--unlabeled", required=True, type=str, help="txt (one text per line), csv, tsv or jsonl(.gz) file")
+@click.option("--budget", required=True, type=click.IntRange(min=1), help="how many texts to choose")
+@click.option("--strategy", type=click.Choice(["entropy", "margin", "random", "diverse"]), default="entropy",
+              show_default=True, help="least sure first (entropy, margin), a random sample, or uncertain and "
+              "spread out (diverse)")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="the CSV to write [default: <unlabeled>-selected.csv]; the Label Studio JSON goes beside it")
+@click.option("--text-column", type=str, default="text", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="random and diverse draw with it")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def select(model_dir: str, unlabeled: str, budget: int, **options) -> None:
+    """Choose the BUDGET texts of --unlabeled most worth labelling next for MODEL_DIR.
+
+    Writes a CSV (one row per text, with its score and an empty label column; label it, then
+    `sentune train --add-file FILE.csv`) and a Label Studio import file beside it.
+    """
+    from sentune.inference.select import select as run_select
+
+    quiet_transformers()
+    out = run_select(model_dir, unlabeled, budget, **options)
+    click.echo(f"chose {out['chosen']} of {out['of']} texts ({out['strategy']}): {out['csv']}")
+    click.echo(f"Label Studio import: {out['labelstudio']}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="dynamic int8 quantization")
 @click.option("--output", type=click.Path(file_okay=False), default=None,

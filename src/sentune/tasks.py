@@ -241,19 +241,22 @@ def label_text(task: str, value, names: Sequence[str], scale: dict | None = None
 
 
 def uncertainty(task: str, scores: np.ndarray, strategy: str) -> np.ndarray:
-    """How much a label is worth for each text (higher: label it sooner): the predictive entropy, or one
-    minus the margin between the two likeliest answers (multi-label: summed over labels / the closest label
-    to its decision). Regression scores carry no uncertainty, so only random and diverse apply there."""
+    """How much a label is worth for each text (higher: label it sooner): one minus the margin between the two
+    likeliest answers for `margin`, else the predictive entropy (multi-label: summed over labels / the label
+    closest to its decision). A regression model's one number per text carries no uncertainty: `random` and
+    `diverse` then weigh every text alike, `entropy` and `margin` are refused."""
     p = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1.0)
     if task == "regression":
-        raise ConfigError(f"--strategy {strategy} needs class probabilities; a regression model gives one "
-                          "number per text, so use --strategy random or diverse")
+        if strategy in ("entropy", "margin"):
+            raise ConfigError(f"--strategy {strategy} needs class probabilities; a regression model gives one "
+                              "number per text, so use --strategy random or diverse")
+        return np.zeros(len(p))
     if task == "multi_label":
         q = np.clip(1.0 - p, 1e-12, 1.0)
-        if strategy == "entropy":
+        if strategy != "margin":
             return -(p * np.log(p) + q * np.log(q)).sum(axis=1)
         return 1.0 - np.abs(2.0 * p - 1.0).min(axis=1)
-    if strategy == "entropy":
+    if strategy != "margin":
         return -(p * np.log(p)).sum(axis=1)
     top = np.sort(p, axis=1)
     return 1.0 - (top[:, -1] - top[:, -2])

@@ -74,12 +74,23 @@ def _json(line: str, where: str) -> dict:
     return record
 
 
+def safe_cell(value) -> str:
+    """A CSV cell a spreadsheet shows as text: lists as JSON, a formula-looking start defused with '."""
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else \
+        "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def unguard(text: str) -> str:
+    """A cell as it was before safe_cell: the apostrophe in front of a formula-looking start removed."""
+    return text[1:] if text.startswith("'") and text[1:2] in FORMULA_START else text
+
+
 def _uncell(record: dict) -> dict:
     """A CSV row back as the record it was written from: the formula guard removed, lists parsed."""
     out = {}
     for key, value in record.items():
-        if isinstance(value, str) and value.startswith("'") and value[1:2] in FORMULA_START:
-            value = value[1:]
+        value = unguard(value) if isinstance(value, str) else value
         if isinstance(value, str) and value.startswith("["):
             try:
                 value = json.loads(value)

@@ -20,6 +20,7 @@ from train; then `limit_train` / `limit_eval` take seeded, label-stratified samp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -100,9 +101,9 @@ def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
 
 def _edit(raw: dict[str, RawSplit], data: DataConfig) -> tuple[dict[str, RawSplit], dict | None]:
     """--add-file's rows joined to train, after --exclude's drops and relabels (which may name them)."""
-    if data.add_file:
-        raw = {**raw, "add": read_labelled_file(Path(data.add_file), data.text_column, data.label_column,
-                                                label_form(data))}
+    if data.add_file:  # typically `sentune select`'s CSV, labelled: its formula guard comes off again
+        added = read_labelled_file(Path(data.add_file), data.text_column, data.label_column, label_form(data))
+        raw = {**raw, "add": dataclasses.replace(added, texts=[edit_lib.unguard(t) for t in added.texts])}
     applied = None
     if data.exclude:
         raw, applied = edit_lib.apply_edits(raw, edit_lib.read_edits(data.exclude), data.exclude)
@@ -253,7 +254,7 @@ def _local_source(spec: str, text_column: str, label_column: str,
 
 # --- sampling ---
 
-def carve(rows: tuple[list[str], list], fraction: float, seed: int):
+def carve(rows: tuple, fraction: float, seed: int):
     """Split (texts, labels) into (rest, carved) with a stratified, seeded `fraction` carved off."""
     texts, labels = rows[:2]
     n_carve = max(1, round(len(texts) * fraction))
@@ -263,7 +264,7 @@ def carve(rows: tuple[list[str], list], fraction: float, seed: int):
     return _take(rows, keep), _take(rows, held)
 
 
-def stratified_sample(rows: tuple[list[str], list], n: int, seed: int):
+def stratified_sample(rows: tuple, n: int, seed: int):
     """A seeded, label-stratified sample of n rows (iterative for label sets), kept in the original order."""
     chosen, _ = label_lib.pick(list(rows[1]), n, seed)
     return _take(rows, chosen)

@@ -59,7 +59,7 @@ def label_findings(task: str, train: Audited, scores: np.ndarray, names: list[st
         given = tasks.label_text(task, _plain(issues["given_label"].iloc[i]), names, scale)
         suggested = tasks.label_text(task, _plain(issues["predicted_label"].iloc[i]), names, scale)
         extra = {"labels": sorted(set(given) ^ set(suggested))} if isinstance(given, list) else {}
-        out.append(finding("label", train, i, given=given, suggested=suggested,
+        out.append(finding("label", train, int(i), given=given, suggested=suggested,
                            score=1.0 - float(issues["label_score"].iloc[i]), **extra))
     return out
 
@@ -80,7 +80,7 @@ def outlier_findings(task: str, train: Audited) -> list:
         warnings.simplefilter("ignore")
         lab.find_issues(features=train.features - train.features.mean(0), issue_types={"outlier": {}})
     issues = lab.get_issues("outlier")
-    return [finding("outlier", train, i, suggested=None,
+    return [finding("outlier", train, int(i), suggested=None,
                     score=1.0 - float(issues["outlier_score"].iloc[i]))
             for i in np.flatnonzero(issues["is_outlier_issue"].to_numpy())]
 
@@ -124,8 +124,8 @@ def _pairs(train: Audited, part: Audited, radius: float):
         first.setdefault(dedupe_key(text), i)
     seen = set()
     for j, text in enumerate(part.texts):
-        i = first.get(dedupe_key(text))
-        if i is not None and (not same or i < j):
+        i = first.get(dedupe_key(text), -1)
+        if i >= 0 and (not same or i < j):
             seen.add((i, j))
             yield i, j, 1.0, "exact"
     yield from _near(train, part, radius, seen, same)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sentune.atomic import atomic_write_text
-from sentune.data.edits import FORMULA_START
+from sentune.data.edits import safe_cell
 from sentune.evaluation.audit_findings import KINDS
 from sentune.evaluation.report import _figure, _save
 
@@ -55,13 +55,6 @@ def write_report(out_dir: Path, report: AuditReport) -> None:
     atomic_write_text(out_dir / "audit.md", markdown(report, {k: v for k, v in plots.items() if v}))
     report.files = {"report": str(out_dir / "audit.md"), "issues": str(out_dir / "issues.jsonl"),
                     "csv": str(out_dir / "issues.csv")}
-
-
-def safe_cell(value) -> str:
-    """A CSV cell a spreadsheet shows as text: lists as JSON, a formula-looking start defused with '."""
-    text = json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else \
-        "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def issues_csv(findings: list[dict]) -> str:

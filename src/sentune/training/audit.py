@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +125,8 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
 @torch.no_grad()
 def features(p: Prepared, split: str) -> np.ndarray:
     """Mean-pooled layer-K states per example: straight from the cache, or the frozen prefix run once."""
-    model, k, feed = p.model, p.cfg.model.freeze_layers, p.feeds[split]
+    model: Any = p.model
+    k, feed = p.cfg.model.freeze_layers, p.feeds[split]
     model.eval()
     out = np.zeros((feed.num_examples(), model.config.hidden_size), dtype=np.float32)
     for batch in feed.batches(0):
