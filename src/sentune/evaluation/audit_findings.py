@@ -6,7 +6,7 @@
   features are nearer than `near` times the median nearest-neighbour distance (cleanlab's near-duplicate rule;
   sklearn NearestNeighbors, cosine); `conflict` when their labels disagree.
 - `leak`: training rows with such a twin in validation or test.
-- `outlier`: Datalab's outlier check on the (centred) training features.
+- `outlier`: Datalab's outlier check on the training features.
 
 Each finding names its row as `split` + `row` (0-based in its file) and carries `given`, `suggested`, `score`
 (higher: more likely a real issue); `rank_findings` orders them for issues.jsonl.
@@ -71,14 +71,13 @@ def _plain(value):
 
 
 def outlier_findings(task: str, train: Audited) -> list:
-    """Training rows far from the rest in feature space (Datalab's kNN outlier score on centred features:
-    frozen-layer states share a large common direction that would hide them under cosine distance)."""
+    """Training rows far from the rest in feature space (Datalab's kNN outlier score on the features)."""
     if len(train.texts) < 3:
         return []
     lab = _datalab(task, tasks.cleanlab_inputs(task, train.labels, np.zeros((len(train.labels), 1)))[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lab.find_issues(features=train.features - train.features.mean(0), issue_types={"outlier": {}})
+        lab.find_issues(features=train.features, issue_types={"outlier": {}})
     issues = lab.get_issues("outlier")
     return [finding("outlier", train, int(i), suggested=None,
                     score=1.0 - float(issues["outlier_score"].iloc[i]))
