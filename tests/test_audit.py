@@ -140,7 +140,8 @@ def test_folds_share_one_cache(audited, tmp_path, monkeypatch):
 
 def test_exclude_drops_and_relabels_what_the_audit_names(audited, tmp_path):
     out = audited["out"]
-    cfg = audit_cfg(audited["model"], audited["train"], audited["test"], tmp_path / "x", exclude=str(out / "issues.jsonl"))
+    cfg = audit_cfg(audited["model"], audited["train"], audited["test"], tmp_path / "x",
+                    exclude=str(out / "issues.jsonl"))
     splits = data.load_splits(cfg.data, 0, "none")
     flagged = {f["row"] for f in audited["report"].findings}
     assert len(splits.train) == 204 - len(flagged)
