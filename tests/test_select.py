@@ -60,7 +60,7 @@ def test_regression_refuses_uncertainty_strategies():
     with pytest.raises(ConfigError, match="regression model gives one number"):
         choose("regression", np.zeros((3, 1)), ["a", "b", "c"], 1, "entropy")
     assert len(choose("regression", np.zeros((3, 1)), ["a", "b", "c"], 2, "random")[0]) == 2
-    assert tasks.uncertainty("regression", np.zeros((3, 1)), "diverse").tolist() == [0.0, 0.0, 0.0]
+    assert tasks.get_task("regression").uncertainty(np.zeros((3, 1)), "diverse").tolist() == [0.0, 0.0, 0.0]
 
 
 def test_select_writes_csv_and_label_studio_with_the_unsure_texts_first(model_dir, pool, tmp_path):

@@ -57,7 +57,7 @@ class Splits:
     test: Dataset | None
     label_names: list[str]
     sources: dict[str, dict] = field(default_factory=dict)
-    task: str = "single_label"
+    task: tasks.Task = tasks.get_task("single_label")
     label_scale: dict | None = None  # regression: the standardisation of the targets (tasks.standardise)
     origins: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # per example: file split, 0-based row
     edits: dict | None = None  # what --exclude / --add-file changed (data/edits.py), for the manifest

@@ -43,12 +43,13 @@ def finding(kind: str, part: Audited, i: int, *, suggested, score: float, given=
 def _datalab(task: str, labels: list):
     from cleanlab import Datalab
 
-    return Datalab(data={"label": labels}, label_name="label", task=tasks.CLEANLAB_TASKS[task], verbosity=0)
+    return Datalab(data={"label": labels}, label_name="label", task=tasks.get_task(task).cleanlab_task,
+                   verbosity=0)
 
 
 def label_findings(task: str, train: Audited, scores: np.ndarray, names: list[str], scale: dict | None) -> list:
     """Likely label errors: Datalab's label issues, given vs the label the out-of-fold scores suggest."""
-    labels, preds = tasks.cleanlab_inputs(task, train.labels, scores)
+    labels, preds = tasks.get_task(task).cleanlab_inputs(train.labels, scores)
     lab = _datalab(task, labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab warns about classes it finds rare; the report shows balance
@@ -56,8 +57,8 @@ def label_findings(task: str, train: Audited, scores: np.ndarray, names: list[st
     issues = lab.get_issues("label")
     out = []
     for i in np.flatnonzero(issues["is_label_issue"].to_numpy()):
-        given = tasks.label_text(task, _plain(issues["given_label"].iloc[i]), names, scale)
-        suggested = tasks.label_text(task, _plain(issues["predicted_label"].iloc[i]), names, scale)
+        given = tasks.get_task(task).label_text(_plain(issues["given_label"].iloc[i]), names, scale)
+        suggested = tasks.get_task(task).label_text(_plain(issues["predicted_label"].iloc[i]), names, scale)
         extra = {"labels": sorted(set(given) ^ set(suggested))} if isinstance(given, list) else {}
         out.append(finding("label", train, int(i), given=given, suggested=suggested,
                            score=1.0 - float(issues["label_score"].iloc[i]), **extra))
@@ -74,7 +75,7 @@ def outlier_findings(task: str, train: Audited) -> list:
     """Training rows far from the rest in feature space (Datalab's kNN outlier score on the features)."""
     if len(train.texts) < 3:
         return []
-    lab = _datalab(task, tasks.cleanlab_inputs(task, train.labels, np.zeros((len(train.labels), 1)))[0])
+    lab = _datalab(task, tasks.get_task(task).cleanlab_inputs(train.labels, np.zeros((len(train.labels), 1)))[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lab.find_issues(features=train.features, issue_types={"outlier": {}})

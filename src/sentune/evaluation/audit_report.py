@@ -17,7 +17,7 @@ import numpy as np
 from sentune.atomic import atomic_write_text
 from sentune.data.edits import safe_cell
 from sentune.evaluation.audit_findings import KINDS
-from sentune.evaluation.report import _figure, _save
+from sentune.evaluation.plots import figure, save
 
 CSV_COLUMNS = ("rank", "action", "kind", "split", "row", "text", "given", "suggested", "score", "conflict",
                "other_split", "other_row", "other_given")
@@ -122,7 +122,7 @@ def plot_balance(report: AuditReport, path: Path) -> Path | None:
     counts = {s: (b.get("positives") if "positives" in b else b) for s, b in report.balance.items()}
     if not all(isinstance(c, dict) and all(isinstance(v, int) for v in c.values()) for c in counts.values()):
         return None
-    fig = _figure((7.0, 4.0))
+    fig = figure((7.0, 4.0))
     ax = fig.add_subplot()
     x = np.arange(len(report.label_names))
     width = 0.8 / max(1, len(counts))
@@ -132,13 +132,13 @@ def plot_balance(report: AuditReport, path: Path) -> Path | None:
     ax.set_ylabel("rows")
     ax.set_title("class balance")
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_findings(report: AuditReport, path: Path) -> Path:
-    fig = _figure((6.0, 3.5))
+    fig = figure((6.0, 3.5))
     ax = fig.add_subplot()
     ax.bar(list(KINDS), [report.count(kind) for kind in KINDS], color="tab:red")
     ax.set_ylabel("findings")
     ax.set_title(f"findings in {report.rows.get('train', 0):,} training rows")
-    return _save(fig, path)
+    return save(fig, path)

@@ -34,7 +34,7 @@ def choose(task: str, scores: np.ndarray, texts: list[str], budget: int, strateg
     """(chosen row indices, most worth first; every row's worth) for one labelling round."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    worth = tasks.uncertainty(task, scores, strategy)
+    worth = tasks.get_task(task).uncertainty(scores, strategy)
     budget = min(budget, len(texts))
     if strategy == "random":
         return np.random.default_rng(seed).choice(len(texts), size=budget, replace=False), worth

@@ -32,6 +32,7 @@ from sentune.evaluation.audit_report import AuditReport, write_report
 from sentune.evaluation.metrics import selection_key
 from sentune.training import loop, tracking
 from sentune.training.checkpoint import TrainState
+from sentune.training.eval_pass import evaluate, scored_evaluate
 from sentune.training.prepare import Prepared, Shared, label_counts, make_loss, make_scheduler, prepare
 
 
@@ -103,12 +104,12 @@ def train_fold(p: Prepared, base, full, fit: np.ndarray, held: np.ndarray) -> np
         if state.stale >= cfg.train.patience:
             break
         loop.train_epoch(p, state, epoch)
-        val = loop.scored_evaluate(p, "validation")
+        val = scored_evaluate(p, "validation")
         row = {"epoch": epoch, "val_acc": val["acc"], key: val.get(cfg.train.select_metric, val["acc"])}
         if loop.select(state, row, key):
             best = trainable_state(p.model)
     load_trainable(p.model, best)
-    return loop.evaluate(p, "held", with_probs=True)["probs"].numpy()
+    return evaluate(p, "held", with_probs=True)["probs"].numpy()
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -141,9 +142,9 @@ def features(p: Prepared, split: str) -> np.ndarray:
 
 
 def audited(p: Prepared, split: str) -> found.Audited:
-    part, task = getattr(p.splits, split), p.splits.task
+    part, task = getattr(p.splits, split), tasks.get_task(p.splits.task)
     labels = list(part["label"])
-    shown = [tasks.label_text(task, v, p.splits.label_names, p.splits.label_scale) for v in labels]
+    shown = [task.label_text(v, p.splits.label_names, p.splits.label_scale) for v in labels]
     return found.Audited(list(part["text"]), labels, shown, p.splits.origins[split], features(p, split))
 
 
