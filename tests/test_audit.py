@@ -203,6 +203,20 @@ def test_cli_audit_refuses_bad_settings_in_one_line(audited, tmp_path):
         "error: sentune audit reads one window per text; use --long-text truncate"]
 
 
+def test_cli_audit_writes_the_files_and_a_one_screen_summary(audited, tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(main, [
+        "audit", str(audited["train"]), "--model", str(audited["model"]), "--test-file", str(audited["test"]),
+        "--folds", "2", "--epochs", "1", "--freeze-layers", "1", "--max-length", "32", "--batch-size", "32",
+        "--precision", "fp32", "--cache", "memory", "--no-progress", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = result.output[result.output.index("Audited 204 training rows"):].splitlines()
+    assert len(summary) <= 24 and any("likely label errors" in line for line in summary)
+    assert f"issues: {out / 'issues.jsonl'}" in summary and "label findings (single_label):" in result.output
+    assert any(line.split()[:2] == ["leak", "train:202"] and "~ test:3" in line for line in summary), summary
+    assert (out / "issues.csv").is_file() and (out / "audit.md").is_file()
+
+
 def test_fold_count_is_checked():
     with pytest.raises(ConfigError, match="at least 2"):
         audit(config.resolve(None, None, {}), folds=1)

@@ -95,6 +95,7 @@ class Task(str):
 
     # ---- sentune audit / select
     cleanlab_task = ""  # the `task` cleanlab's Datalab takes
+    label_audit = ""  # what a `label` finding means for this task, in words (audit.md and the summary)
 
     def cleanlab_inputs(self, labels: Sequence, scores: np.ndarray) -> tuple[list, np.ndarray]:
         """Labels and out-of-fold scores as Datalab takes them (class ids and probabilities by default)."""
@@ -117,6 +118,7 @@ class Task(str):
 class SingleLabel(Task):
     name, problem_type, output = "single_label", "single_label_classification", "label"
     cleanlab_task = "classification"
+    label_audit = "the given class is unlikely by the out-of-fold probabilities; suggested: the likeliest class"
     select_metrics = ("accuracy", "macro_recall", "macro_f1")
     losses = ("cross_entropy",)
     calibration = "temperature"
@@ -158,6 +160,8 @@ class SingleLabel(Task):
 class MultiLabel(Task):
     name, problem_type, output = "multi_label", "multi_label_classification", "label set"
     cleanlab_task = "multilabel"
+    label_audit = ("the given label set is unlikely; `labels` names the labels given but unlikely or likely but "
+                   "not given; suggested: the set the out-of-fold probabilities give")
     select_metrics = ("macro_f1", "micro_f1", "samples_f1")
     losses = ("bce",)
     calibration = "thresholds"
@@ -222,7 +226,9 @@ class MultiLabel(Task):
 
 class Regression(Task):
     name, problem_type, output = "regression", "regression", "value"
-    cleanlab_task = "regression"  # label issues from residuals of the out-of-fold predictions
+    cleanlab_task = "regression"
+    label_audit = ("the target is far from the out-of-fold prediction (cleanlab's residual-based label quality); "
+                   "suggested: the prediction")
     select_metrics = ("rmse", "pearson", "spearman")
     losses = ("mse", "huber")
     has_accuracy = False

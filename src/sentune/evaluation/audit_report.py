@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sentune import tasks
 from sentune.atomic import atomic_write_text
 from sentune.data.edits import safe_cell
 from sentune.evaluation.audit_findings import KINDS
@@ -21,7 +22,8 @@ from sentune.evaluation.plots import figure, save
 
 CSV_COLUMNS = ("rank", "action", "kind", "split", "row", "text", "given", "suggested", "score", "conflict",
                "other_split", "other_row", "other_given")
-TOP = 10  # findings per kind shown in audit.md; the summary shows the first TOP overall
+TOP = 10  # findings per kind shown in audit.md
+SHOWN = 3  # findings per kind in the printed summary (one screen)
 WHAT = {"label": "likely label errors (cleanlab, out-of-fold scores)",
         "duplicate": "duplicates within train (normalised text or near features)",
         "leak": "training rows with a twin in validation/test (leakage)",
@@ -73,9 +75,11 @@ def summary_lines(report: AuditReport) -> list[str]:
     """One screen: what was audited, how many of each finding, the top ones, where the files are."""
     lines = [f"Audited {report.rows.get('train', 0):,} training rows ({report.task}, {report.folds} folds)"]
     lines += [f"  {report.count(kind):>6,}  {WHAT[kind]}" for kind in KINDS]
+    lines.append(f"label findings ({report.task}): {tasks.get_task(report.task).label_audit}")
     if report.findings:
-        lines.append("Top findings:")
-        lines += ["  " + _line(f) for f in report.findings[:TOP]]
+        lines.append("Top findings (all in issues.jsonl):")
+        for kind in KINDS:
+            lines += ["  " + _line(f) for f in [f for f in report.findings if f["kind"] == kind][:SHOWN]]
     lines += [f"{name}: {path}" for name, path in report.files.items()]
     return lines
 
@@ -96,6 +100,7 @@ def markdown(report: AuditReport, plots: dict) -> str:
     out += [f"| {s} | {n:,} | {report.sources.get(s, '')} |" for s, n in report.rows.items()]
     out += ["", "## Findings", "", "| kind | count | what |", "|---|---:|---|"]
     out += [f"| {kind} | {report.count(kind):,} | {WHAT[kind]} |" for kind in KINDS]
+    out += ["", f"A `label` finding ({report.task}): {tasks.get_task(report.task).label_audit}."]
     out += [""] + [f"![{name}]({Path(path).name})" for name, path in plots.items()]
     out += ["", "## Class balance", "", "```", json.dumps(report.balance, indent=1), "```"]
     for kind in KINDS:
