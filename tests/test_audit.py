@@ -240,3 +240,22 @@ def test_audit_runs_for_every_task(task, audited, tmp_path):
     for f in of_kind(report, "label"):
         assert ("labels" in f) == (task == "multi_label")
     assert np.isfinite(report.scores).all()
+
+
+def test_duplicate_rules_on_hand_made_features():
+    """Exact twins by normalised text (each later copy against the first, and no extra near finding for them);
+    near twins by features under 0.13 x the median nearest-neighbour distance; leaks on the training row."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(8, 16))
+    features[5] = features[4] + 1e-4  # near twin of row 4
+    features[2] = features[1] + 1e-4  # rows 1, 2 are exact twins anyway: one finding, "exact"
+    texts = ["a b", "Same text!", "same  TEXT", "c d", "e f", "g h", "SAME text", "i j"]
+    shown = ["x", "x", "y", "x", "x", "x", "x", "x"]
+    train = found.Audited(texts, [0] * 8, shown, [("train", i) for i in range(8)], features)
+    test = found.Audited(["i j."], [0], ["x"], [("test", 0)], features[7:8] + 0.0)
+    items = found.duplicate_findings(train, [test])
+    got = {(f["kind"], f["row"], f["other"]["row"], f["similarity"], f["conflict"]) for f in items}
+    assert got == {("duplicate", 2, 1, "exact", True), ("duplicate", 6, 1, "exact", False),
+                   ("duplicate", 5, 4, "near", False), ("leak", 7, 0, "exact", False)}
+    ranked = found.rank_findings(items)
+    assert ranked[0]["row"] == 2 and ranked[-1]["kind"] == "leak"  # the conflicting copy first

@@ -49,7 +49,8 @@ def _datalab(task: str, labels: list):
 
 def label_findings(task: str, train: Audited, scores: np.ndarray, names: list[str], scale: dict | None) -> list:
     """Likely label errors: Datalab's label issues, given vs the label the out-of-fold scores suggest."""
-    labels, preds = tasks.get_task(task).cleanlab_inputs(train.labels, scores)
+    kind = tasks.get_task(task)
+    labels, preds = kind.cleanlab_inputs(train.labels, scores)
     lab = _datalab(task, labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab warns about classes it finds rare; the report shows balance
@@ -57,8 +58,8 @@ def label_findings(task: str, train: Audited, scores: np.ndarray, names: list[st
     issues = lab.get_issues("label")
     out = []
     for i in np.flatnonzero(issues["is_label_issue"].to_numpy()):
-        given = tasks.get_task(task).label_text(_plain(issues["given_label"].iloc[i]), names, scale)
-        suggested = tasks.get_task(task).label_text(_plain(issues["predicted_label"].iloc[i]), names, scale)
+        given = kind.label_text(_plain(issues["given_label"].iloc[i]), names, scale)
+        suggested = kind.label_text(_plain(issues["predicted_label"].iloc[i]), names, scale)
         extra = {"labels": sorted(set(given) ^ set(suggested))} if isinstance(given, list) else {}
         out.append(finding("label", train, int(i), given=given, suggested=suggested,
                            score=1.0 - float(issues["label_score"].iloc[i]), **extra))
@@ -122,16 +123,16 @@ def _pairs(train: Audited, part: Audited, radius: float):
     first: dict[str, int] = {}
     for i, text in enumerate(train.texts):
         first.setdefault(dedupe_key(text), i)
-    seen = set()
+    named = set()  # rows of `part` with an exact twin: they need no near one
     for j, text in enumerate(part.texts):
         i = first.get(dedupe_key(text), -1)
         if i >= 0 and (not same or i < j):
-            seen.add((i, j))
+            named.add(j)
             yield i, j, 1.0, "exact"
-    yield from _near(train, part, radius, seen, same)
+    yield from _near(train, part, radius, named, same)
 
 
-def _near(train: Audited, part: Audited, radius: float, seen: set, same: bool):
+def _near(train: Audited, part: Audited, radius: float, named: set, same: bool):
     from sklearn.neighbors import NearestNeighbors
 
     if radius <= 0 or not len(part.texts):
@@ -139,12 +140,12 @@ def _near(train: Audited, part: Audited, radius: float, seen: set, same: bool):
     nn = NearestNeighbors(radius=radius, metric="cosine").fit(train.features)
     dist, idx = nn.radius_neighbors(part.features)
     for j, (ds, ids) in enumerate(zip(dist, idx, strict=True)):
-        for d, i in sorted(zip(ds, ids, strict=True)):
-            if (same and i >= j) or (i, j) in seen:
-                continue
-            seen.add((int(i), j))
-            yield int(i), j, 1.0 - float(d), "near"
-            break  # one twin per row is enough to name it
+        if j in named:
+            continue
+        twins = [(d, int(i)) for d, i in zip(ds, ids, strict=True) if not (same and i >= j)]
+        if twins:  # the nearest one is enough to name the row
+            d, i = min(twins)
+            yield i, j, 1.0 - float(d), "near"
 
 
 def rank_findings(findings: list[dict]) -> list[dict]:
