@@ -233,7 +233,8 @@ def test_audit_runs_for_every_task(task, audited, tmp_path):
     rows.append(dict(rows[0]))
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     test = write_jsonl(tmp_path / "test.jsonl", rows[:5])
-    report = audit(audit_cfg(audited["model"], train, test, tmp_path / "out", epochs=3), folds=2)
+    cache = "off" if task == "regression" else "memory"  # off: features from the frozen prefix run directly
+    report = audit(audit_cfg(audited["model"], train, test, tmp_path / "out", epochs=3, cache=cache), folds=2)
     assert report.task == task and report.scores.shape[0] == 61
     assert 60 in {f["row"] for f in of_kind(report, "duplicate")}
     assert {0, 1, 2, 3, 4} <= {f["row"] for f in of_kind(report, "leak")}
@@ -259,3 +260,38 @@ def test_duplicate_rules_on_hand_made_features():
                    ("duplicate", 5, 4, "near", False), ("leak", 7, 0, "exact", False)}
     ranked = found.rank_findings(items)
     assert ranked[0]["row"] == 2 and ranked[-1]["kind"] == "leak"  # the conflicting copy first
+
+
+def test_label_findings_per_task_on_hand_made_scores():
+    """cleanlab on out-of-fold scores, for each task: the planted row is found, given/suggested read as people
+    read labels (names, name lists, values in the data's units)."""
+    n = 60
+    rng = np.random.default_rng(1)
+    y = [i % 2 for i in range(n)]
+    probs = np.array([[0.95, 0.05] if v == 0 else [0.05, 0.95] for v in y])
+    y[3] = 0  # row 3 says neg, every score says pos
+
+    def part(labels):
+        return found.Audited([f"t{i}" for i in range(n)], labels, [None] * n, [("train", i) for i in range(n)],
+                             np.zeros((n, 2)))
+
+    single, note = found.label_findings("single_label", part(y), probs, ["neg", "pos"], None)
+    assert [(f["row"], f["given"], f["suggested"]) for f in single] == [(3, "neg", "pos")]
+    assert note is None
+    multi_y = [[float(i % 3 == 0), float(i % 2)] for i in range(n)]
+    multi_p = np.array([[0.95 if a else 0.05, 0.95 if b else 0.05] for a, b in multi_y])
+    multi_y[4] = [0.0, 1.0]  # "b" given, every score says not
+    multi, _ = found.label_findings("multi_label", part(multi_y), multi_p, ["a", "b"], None)
+    assert [(f["row"], f["given"], f["suggested"], f["labels"]) for f in multi] == [(4, ["b"], [], ["b"])]
+    always_a = [[1.0, float(i % 2)] for i in range(n)]  # a label on in every row: cleanlab cannot check
+    none, note = found.label_findings("multi_label", part(always_a), multi_p, ["a", "b"], None)
+    assert none == [] and "could not check the labels" in note
+    target = rng.normal(size=n)
+    preds = (target + rng.normal(scale=0.05, size=n))[:, None]
+    target[7] += 6.0  # a target far from what the model predicts
+    scale = {"method": "standard", "mean": 10.0, "std": 2.0}
+    reg, _ = found.label_findings("regression", part(list(target)), preds, ["label"], scale)
+    assert 7 in [f["row"] for f in reg] and len(reg) <= 3
+    f7 = next(f for f in reg if f["row"] == 7)
+    assert f7["given"] == pytest.approx(10.0 + 2.0 * target[7]) and f7["suggested"] == pytest.approx(
+        10.0 + 2.0 * preds[7, 0], abs=1e-5)

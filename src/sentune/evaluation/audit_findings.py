@@ -47,15 +47,21 @@ def _datalab(task: str, labels: list):
                    verbosity=0)
 
 
-def label_findings(task: str, train: Audited, scores: np.ndarray, names: list[str], scale: dict | None) -> list:
-    """Likely label errors: Datalab's label issues, given vs the label the out-of-fold scores suggest."""
+def label_findings(task: str, train: Audited, scores: np.ndarray, names: list[str],
+                   scale: dict | None) -> tuple[list, str | None]:
+    """Likely label errors: Datalab's label issues, given vs the label the out-of-fold scores suggest; and why
+    there are none when cleanlab could not check the labels at all (said in the report, not a crash)."""
     kind = tasks.get_task(task)
     labels, preds = kind.cleanlab_inputs(train.labels, scores)
     lab = _datalab(task, labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab warns about classes it finds rare; the report shows balance
         lab.find_issues(pred_probs=preds, issue_types={"label": {}})
-    issues = lab.get_issues("label")
+    try:
+        issues = lab.get_issues("label")
+    except ValueError:
+        return [], ("cleanlab could not check the labels: it needs every class (multi-label: every label) both "
+                    "present and absent among the training rows; duplicates, leaks and outliers are still checked")
     out = []
     for i in np.flatnonzero(issues["is_label_issue"].to_numpy()):
         given = kind.label_text(_plain(issues["given_label"].iloc[i]), names, scale)
@@ -63,7 +69,7 @@ def label_findings(task: str, train: Audited, scores: np.ndarray, names: list[st
         extra = {"labels": sorted(set(given) ^ set(suggested))} if isinstance(given, list) else {}
         out.append(finding("label", train, int(i), given=given, suggested=suggested,
                            score=1.0 - float(issues["label_score"].iloc[i]), **extra))
-    return out
+    return out, None
 
 
 def _plain(value):

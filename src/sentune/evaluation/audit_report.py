@@ -42,6 +42,7 @@ class AuditReport:
     sources: dict = field(default_factory=dict)
     folds: int = 0
     files: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # checks that could not run, and why
 
     def count(self, kind: str) -> int:
         return sum(f["kind"] == kind for f in self.findings)
@@ -76,6 +77,7 @@ def summary_lines(report: AuditReport) -> list[str]:
     lines = [f"Audited {report.rows.get('train', 0):,} training rows ({report.task}, {report.folds} folds)"]
     lines += [f"  {report.count(kind):>6,}  {WHAT[kind]}" for kind in KINDS]
     lines.append(f"label findings ({report.task}): {tasks.get_task(report.task).label_audit}")
+    lines += [f"note: {note}" for note in report.notes]
     if report.findings:
         lines.append("Top findings (all in issues.jsonl):")
         for kind in KINDS:
@@ -101,6 +103,7 @@ def markdown(report: AuditReport, plots: dict) -> str:
     out += ["", "## Findings", "", "| kind | count | what |", "|---|---:|---|"]
     out += [f"| {kind} | {report.count(kind):,} | {WHAT[kind]} |" for kind in KINDS]
     out += ["", f"A `label` finding ({report.task}): {tasks.get_task(report.task).label_audit}."]
+    out += [f"\n**Note:** {note}." for note in report.notes]
     out += [""] + [f"![{name}]({Path(path).name})" for name, path in plots.items()]
     out += ["", "## Class balance", "", "```", json.dumps(report.balance, indent=1), "```"]
     for kind in KINDS:

@@ -152,9 +152,10 @@ def findings(p: Prepared, scores: np.ndarray) -> AuditReport:
     task, names, scale = p.splits.task, p.splits.label_names, p.splits.label_scale
     train = audited(p, "train")
     others = [audited(p, s) for s in ("validation", "test") if getattr(p.splits, s) is not None]
-    items = (found.label_findings(task, train, scores, names, scale) + found.duplicate_findings(train, others)
-             + found.outlier_findings(task, train))
+    items, note = found.label_findings(task, train, scores, names, scale)
+    items += found.duplicate_findings(train, others) + found.outlier_findings(task, train)
     balance = {s: label_counts(p.splits, s) for s in ("train", "validation", "test") if getattr(p.splits, s)}
     return AuditReport(task=task, label_names=names, findings=found.rank_findings(items), balance=balance,
                        rows={s: len(getattr(p.splits, s)) for s in balance}, scores=scores,
-                       given=train.shown, sources={s: v["source"] for s, v in p.splits.sources.items()})
+                       given=train.shown, sources={s: v["source"] for s, v in p.splits.sources.items()},
+                       notes=[note] if note else [])
