@@ -125,10 +125,11 @@ def test_pipeline_reads_the_problem_type(multi_run, regression_run):
 def with_thresholds(src: Path, dst: Path, per_label: dict) -> Path:
     import shutil
 
-    from sentune.evaluation.thresholds import store_thresholds
+    from sentune.evaluation.calibrate import store_setting
 
     shutil.copytree(src, dst)
-    store_thresholds(dst, {"global": 0.5, "per_label": per_label, "fallback": [], "min_positives": 1, "n": 1})
+    store_setting(dst, "thresholds",
+                  {"global": 0.5, "per_label": per_label, "fallback": [], "min_positives": 1, "n": 1})
     return dst
 
 
