@@ -138,6 +138,19 @@ def test_folds_share_one_cache(audited, tmp_path, monkeypatch):
     assert sorted(built) == [40, 204]  # test and train, each built once
 
 
+def test_each_fold_starts_fresh(audited, tmp_path, monkeypatch):
+    """A fold's scores do not depend on which folds trained before it (weights, optimizer moments, schedule
+    and dropout all restart): the folds in reverse order give the same out-of-fold scores."""
+    from sentune.data import labels as label_lib
+
+    cfg = {"epochs": 2, "scheduler": "linear", "warmup_ratio": 0.1}
+    forward = audit(audit_cfg(audited["model"], audited["train"], audited["test"], tmp_path / "a", **cfg), folds=3)
+    original = label_lib.folds
+    monkeypatch.setattr(label_lib, "folds", lambda *a, **k: original(*a, **k)[::-1])
+    backward = audit(audit_cfg(audited["model"], audited["train"], audited["test"], tmp_path / "b", **cfg), folds=3)
+    np.testing.assert_allclose(forward.scores, backward.scores, atol=1e-5)
+
+
 def test_exclude_drops_and_relabels_what_the_audit_names(audited, tmp_path):
     out = audited["out"]
     cfg = audit_cfg(audited["model"], audited["train"], audited["test"], tmp_path / "x",

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from sentune import model as model_lib
 from sentune import rundir, tasks
@@ -75,6 +76,7 @@ def out_of_fold(p: Prepared, folds: int) -> np.ndarray:
     for fold, (fit, held) in enumerate(label_lib.folds(labels, folds, p.cfg.train.seed), start=1):
         p.log(f"Fold {fold} of {folds}: training on {len(fit):,} rows, scoring {len(held):,}")
         load_trainable(p.model, start)
+        set_seed(p.cfg.train.seed)  # every fold starts as the first: same weights, moments, dropout draws
         out = train_fold(p, base, full, fit, held)
         scores = np.zeros((len(labels), out.shape[1]), dtype=np.float32) if scores is None else scores
         scores[held] = out
@@ -93,12 +95,22 @@ def train_fold(p: Prepared, base, full, fit: np.ndarray, held: np.ndarray) -> np
     eval_bs = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     p.feeds = {**p.feeds, "train": full.subset(tune, cfg.train.batch_size, True),
                "validation": full.subset(pick_on, eval_bs, False), "held": full.subset(held, eval_bs, False)}
-    groups = model_lib.param_groups(p.model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
-                                    cfg.train.layer_decay, cfg.train.pooler, cfg.train.decay_norm_bias)
-    p.optimizer = p.accelerator.prepare(model_lib.make_optimizer(groups, p.accelerator.device.type))
-    p.scheduler = make_scheduler(cfg, p.optimizer, len(p.feeds["train"]))
-    p.loss_fn = make_loss(cfg, p.splits).to(p.accelerator.device)
-    state, best = TrainState(), trainable_state(p.model)
+    p.loss_fn = make_loss(cfg, p.splits).to(p.accelerator.device)  # class weights follow the fold's rows
+    restart_optimizer(p)
+    load_trainable(p.model, best_epochs(p))
+    return evaluate(p, "held", with_probs=True)["probs"].numpy()
+
+
+def restart_optimizer(p: Prepared) -> None:
+    """The run's own (prepared) optimizer with no moments left from the previous fold, and a new schedule."""
+    p.optimizer.state.clear()
+    p.optimizer.zero_grad(set_to_none=True)
+    p.scheduler = make_scheduler(p.cfg, p.optimizer, len(p.feeds["train"]))
+
+
+def best_epochs(p: Prepared) -> dict[str, torch.Tensor]:
+    """train's epochs, selection and patience on the fold's feeds; the trainable weights of the best epoch."""
+    cfg, state, best = p.cfg, TrainState(), trainable_state(p.model)
     key = selection_key("validation", cfg.train.select_metric)
     for epoch in range(1, cfg.train.epochs + 1):
         if state.stale >= cfg.train.patience:
@@ -108,8 +120,7 @@ def train_fold(p: Prepared, base, full, fit: np.ndarray, held: np.ndarray) -> np
         row = {"epoch": epoch, "val_acc": val["acc"], key: val.get(cfg.train.select_metric, val["acc"])}
         if loop.select(state, row, key):
             best = trainable_state(p.model)
-    load_trainable(p.model, best)
-    return evaluate(p, "held", with_probs=True)["probs"].numpy()
+    return best
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
