@@ -230,9 +230,12 @@ def test_cli_audit_writes_the_files_and_a_one_screen_summary(audited, tmp_path):
     assert (out / "issues.csv").is_file() and (out / "audit.md").is_file()
 
 
-def test_fold_count_is_checked():
+def test_fold_count_is_checked_and_the_api_is_sentune_audit():
+    import sentune
+
+    assert sentune.audit is audit
     with pytest.raises(ConfigError, match="at least 2"):
-        audit(config.resolve(None, None, {}), folds=1)
+        sentune.audit(config.resolve(None, None, {}), folds=1)
 
 
 @pytest.mark.parametrize("task", ["multi_label", "regression"])
