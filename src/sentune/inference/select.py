@@ -74,7 +74,7 @@ def select(model_dir: str, unlabeled: str, budget: int, strategy: str = "entropy
     guesses = [_guess(p) for p in clf.to_predictions(scores[chosen])]
     picked = [{"rank": r, "row": int(i), "text": texts[i], "score": round(float(worth[i]), 6), "predicted": g}
               for r, (i, g) in enumerate(zip(chosen, guesses, strict=True), start=1)]
-    out = Path(output or f"{Path(unlabeled).stem}-selected.csv")
+    out = Path(output or f"{Path(unlabeled).name.split('.')[0]}-selected.csv")  # pool.jsonl.gz -> pool-selected.csv
     studio = out.with_suffix(".labelstudio.json")
     atomic_write_text(out, selection_csv(picked))
     atomic_write_text(studio, json.dumps(label_studio_tasks(picked), ensure_ascii=False, indent=1))
