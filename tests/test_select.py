@@ -125,3 +125,11 @@ def test_select_bad_input_is_one_clear_error(model_dir, pool, args, message):
     base = ["select", str(model_dir)] + ([] if "--unlabeled" in args else ["--unlabeled", str(pool)])
     result = CliRunner().invoke(main, base + args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_default_output_names(model_dir, tmp_path, monkeypatch):
+    pool = write_jsonl(tmp_path / "pool.jsonl.gz", [{"text": t} for t in CLEAR])
+    monkeypatch.chdir(tmp_path)
+    out = select(str(model_dir), str(pool), 2, strategy="margin")
+    assert out["csv"] == "pool-selected.csv" and out["labelstudio"] == "pool-selected.labelstudio.json"
+    assert (tmp_path / "pool-selected.labelstudio.json").is_file()
