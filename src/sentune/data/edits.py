@@ -138,21 +138,19 @@ def apply_edits(raw: dict[str, RawSplit], edits: list[Edit], source: str) -> tup
 
 
 def _edited(part: RawSplit, split: str, changes: dict[int, Edit], applied: Applied) -> RawSplit:
-    texts, labels, positions, origin = [], [], [], []
-    for i, (text, label) in enumerate(zip(part.texts, part.labels, strict=True)):
-        edit = changes.get(i)
-        if edit is not None and edit.action == "drop":
-            applied.dropped.append({"split": split, "row": i})
+    """The split without its dropped rows and with its relabelled ones changed; each row keeps its origin."""
+    where, labels = origins(part, split), list(part.labels)
+    for i, edit in sorted(changes.items()):
+        if edit.action == "drop":
+            applied.dropped.append({"split": split, "row": where[i][1]})
             continue
-        if edit is not None:
-            new = _label(edit.suggested)
-            applied.relabelled.append({"split": split, "row": i, "from": _plain(label), "to": _plain(new)})
-            label = new
-        texts.append(text)
-        labels.append(label)
-        positions.append(part.positions[i] if part.positions is not None else i + 1)
-        origin.append(_origin(part, split)[i])
-    return RawSplit(texts, labels, part.source, part.class_names, part.unit, positions, origin)
+        new = _label(edit.suggested)
+        applied.relabelled.append({"split": split, "row": where[i][1], "from": _plain(labels[i]), "to": _plain(new)})
+        labels[i] = new
+    keep = [i for i in range(len(labels)) if changes.get(i) is None or changes[i].action != "drop"]
+    positions = part.positions or list(range(1, len(labels) + 1))
+    return RawSplit([part.texts[i] for i in keep], [labels[i] for i in keep], part.source, part.class_names,
+                    part.unit, [positions[i] for i in keep], [where[i] for i in keep])
 
 
 def _label(value):
@@ -166,19 +164,15 @@ def _plain(label):
     return list(label) if isinstance(label, tuple) else label
 
 
-def _origin(part: RawSplit, split: str) -> list[tuple[str, int]]:
-    return part.origin if part.origin is not None else [(split, i) for i in range(len(part.texts))]
-
-
 def add_rows(train: RawSplit, added: RawSplit) -> RawSplit:
     """Training rows followed by the --add-file's rows (each remembering its own file and row)."""
     positions = [*(train.positions or range(1, len(train.texts) + 1)),
                  *(added.positions or range(1, len(added.texts) + 1))]
     return RawSplit([*train.texts, *added.texts], [*train.labels, *added.labels],
                     f"{train.source} + {added.source}", train.class_names, train.unit, positions,
-                    [*_origin(train, "train"), *_origin(added, "add")])
+                    [*origins(train, "train"), *origins(added, "add")])
 
 
 def origins(part: RawSplit, split: str) -> list[tuple[str, int]]:
     """(file split, 0-based row) of each example: where an audit finding points."""
-    return _origin(part, split)
+    return part.origin if part.origin is not None else [(split, i) for i in range(len(part.texts))]
