@@ -15,12 +15,14 @@ if TYPE_CHECKING:
     from sentune.api import EvaluationResult, TrainResult, evaluate, train
     from sentune.config import Config
     from sentune.inference.classifier import Classifier
+    from sentune.training.audit import audit
     from sentune.training.sweep import sweep
 
 # name -> module; lazy so that `import sentune` (and the CLI's start-up) does not import torch
 LAZY = {"train": "sentune.api", "evaluate": "sentune.api", "TrainResult": "sentune.api",
         "EvaluationResult": "sentune.api", "Config": "sentune.config", "Classifier": "sentune.inference.classifier",
-        "sweep": "sentune.training.sweep"}  # sweep(cfg, space, n_trials=...) -> SweepResult (study, best/)
+        "sweep": "sentune.training.sweep",  # sweep(cfg, space, n_trials=...) -> SweepResult (study, best/)
+        "audit": "sentune.training.audit"}  # audit(cfg, folds=5) -> AuditReport (audit.md, issues.jsonl/.csv)
 
 
 def __getattr__(name: str):
@@ -31,4 +33,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(LAZY[name]), name)
 
 
-__all__ = ["Classifier", "Config", "EvaluationResult", "TrainResult", "__version__", "evaluate", "sweep", "train"]
+__all__ = ["Classifier", "Config", "EvaluationResult", "TrainResult", "__version__", "audit", "evaluate", "sweep",
+           "train"]

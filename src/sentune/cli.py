@@ -136,6 +136,32 @@ def train(preset: str | None, config_file: str | None, resume: str | None, **fla
     api.train(preset=preset, config_file=config_file, resume=resume, **flags)
 
 
+# ---- audit -----------------------------------------------------------------------------------------
+@main.command()
+@click.argument("data_path", required=False, type=str)
+@click.option("--preset", type=str, default=None, help="as for train (default: imdb)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with model/data/train/run sections; flags override it")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="k of the k-fold training that scores every training row out of fold")
+@config_options
+def audit(data_path: str | None, preset: str | None, config_file: str | None, folds: int, **flags) -> None:
+    """Find likely label errors, duplicates, leakage and outliers in DATA (a file or folder, else --dataset).
+
+    Takes train's flags; trains the top layers k times over one frozen-layer cache for out-of-fold scores,
+    then runs cleanlab on them. Writes audit.md, issues.jsonl and issues.csv into --output-dir.
+    """
+    from sentune.evaluation.audit_report import summary_lines
+    from sentune.training.audit import audit as run_audit
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    if data_path:
+        given["dataset"] = data_path
+    report = run_audit(config_lib.resolve(preset or "imdb", config_file, given), folds)
+    for line in summary_lines(report):
+        click.echo(line)
+
+
 # ---- sweep ------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--preset", type=str, default=None, help="the fixed part, as for train (default: imdb)")
@@ -333,6 +359,32 @@ def explain(model_dir: str, texts: tuple[str, ...], input_path: str | None, text
                 click.echo(line, color=True)
         else:
             click.echo(json.dumps(output_record(row, record, index)))
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--unlabeled", required=True, type=str, help="txt (one text per line), csv, tsv or jsonl(.gz) file")
+@click.option("--budget", required=True, type=click.IntRange(min=1), help="how many texts to choose")
+@click.option("--strategy", type=click.Choice(["entropy", "margin", "random", "diverse"]), default="entropy",
+              show_default=True, help="least sure first (entropy, margin), a random sample, or uncertain and "
+              "spread out (diverse)")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="the CSV to write [default: <unlabeled>-selected.csv]; the Label Studio JSON goes beside it")
+@click.option("--text-column", type=str, default="text", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="random and diverse draw with it")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def select(model_dir: str, unlabeled: str, budget: int, **options) -> None:
+    """Choose the BUDGET texts of --unlabeled most worth labelling next for MODEL_DIR.
+
+    Writes a CSV (one row per text, with its score and an empty label column; label it, then
+    `sentune train --add-file FILE.csv`) and a Label Studio import file beside it.
+    """
+    from sentune.inference.select import select as run_select
+
+    quiet_transformers()
+    out = run_select(model_dir, unlabeled, budget, **options)
+    click.echo(f"chose {out['chosen']} of {out['of']} texts ({out['strategy']}): {out['csv']}")
+    click.echo(f"Label Studio import: {out['labelstudio']}")
 
 
 @main.command()

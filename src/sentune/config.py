@@ -74,6 +74,10 @@ class DataConfig:
     validation_split: float = knob(0.1, "carved from train when the dataset has no validation split")
     limit_train: int | None = knob(None, "seeded, label-stratified sample")
     limit_eval: int | None = knob(None, "applies to validation and test alike")
+    exclude: str | None = knob(None, "drop (or relabel: action relabel) the rows a file names, e.g. `sentune "
+                               "audit`'s issues.jsonl or its edited issues.csv; the manifest records which")
+    add_file: str | None = knob(None, "labelled rows added to the training data (e.g. texts `sentune select` "
+                                "chose, once labelled)")
 
 
 @dataclass

@@ -95,9 +95,32 @@ class Task(str):
         """What training prints about its one test of the selected weights."""
         return f"Test of the selected weights: {self.headline(metrics)}"
 
+    # ---- sentune audit / select
+    cleanlab_task = ""  # the `task` cleanlab's Datalab takes
+    label_audit = ""  # what a `label` finding means for this task, in words (audit.md and the summary)
+
+    def cleanlab_inputs(self, labels: Sequence, scores: np.ndarray) -> tuple[list, np.ndarray]:
+        """Labels and out-of-fold scores as Datalab takes them (class ids and probabilities by default)."""
+        return [int(v) for v in labels], np.asarray(scores)
+
+    def label_text(self, value, names: Sequence[str], scale: dict | None = None):
+        """A label as people read it (a class name by default); `value` as the splits or cleanlab hold it."""
+        return names[int(value)]
+
+    def uncertainty(self, scores: np.ndarray, strategy: str) -> np.ndarray:
+        """How much a label is worth per text (higher: label it sooner): one minus the margin between the two
+        likeliest classes for `margin`, else the predictive entropy."""
+        p = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1.0)
+        if strategy != "margin":
+            return -(p * np.log(p)).sum(axis=1)
+        top = np.sort(p, axis=1)
+        return 1.0 - (top[:, -1] - top[:, -2])
+
 
 class SingleLabel(Task):
     name, problem_type = "single_label", "single_label_classification"
+    cleanlab_task = "classification"
+    label_audit = "the given class is unlikely by the out-of-fold probabilities; suggested: the likeliest class"
     select_metrics = ("accuracy", "macro_recall", "macro_f1")
     losses = ("cross_entropy",)
     calibration = "temperature"
@@ -138,6 +161,9 @@ class SingleLabel(Task):
 
 class MultiLabel(Task):
     name, problem_type = "multi_label", "multi_label_classification"
+    cleanlab_task = "multilabel"
+    label_audit = ("the given label set is unlikely; `labels` names the labels given but unlikely or likely but "
+                   "not given; suggested: the set the out-of-fold probabilities give")
     select_metrics = ("macro_f1", "micro_f1", "samples_f1")
     losses = ("bce",)
     calibration = "thresholds"
@@ -179,6 +205,22 @@ class MultiLabel(Task):
             line += f" (at 0.5: macro-F1 {half['macro_f1']:.4f}, micro-F1 {half['micro_f1']:.4f})"
         return f"{line}, n={metrics['n']}"
 
+    def cleanlab_inputs(self, labels, scores):
+        """The indices of the labels each row has; per-label probabilities."""
+        return [[j for j, on in enumerate(row) if on > 0.5] for row in labels], np.asarray(scores)
+
+    def label_text(self, value, names, scale=None):
+        """Label indices (cleanlab's form) or a 0/1 vector (the splits' form) -> the label names."""
+        ints = all(isinstance(v, int | np.integer) for v in value)
+        return [names[int(j)] for j in (value if ints else np.flatnonzero(np.asarray(value) > 0.5))]
+
+    def uncertainty(self, scores, strategy):
+        """Binary entropies summed over the labels, or how close the most undecided label is to 0.5."""
+        p = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1.0 - 1e-12)
+        if strategy != "margin":
+            return -(p * np.log(p) + (1.0 - p) * np.log(1.0 - p)).sum(axis=1)
+        return 1.0 - np.abs(2.0 * p - 1.0).min(axis=1)
+
     def data_note(self, counts, scale):
         return "\nLabel sets: " + "; ".join(f"{name} {c['no_label']:,} with no label, {c['two_or_more']:,} with 2+"
                                            for name, c in counts.items())
@@ -186,6 +228,9 @@ class MultiLabel(Task):
 
 class Regression(Task):
     name, problem_type = "regression", "regression"
+    cleanlab_task = "regression"
+    label_audit = ("the target is far from the out-of-fold prediction (cleanlab's residual-based label quality); "
+                   "suggested: the prediction")
     select_metrics = ("rmse", "pearson", "spearman")
     losses = ("mse", "huber")
     has_accuracy = False
@@ -211,6 +256,20 @@ class Regression(Task):
     def headline(self, metrics):
         return (f"RMSE {metrics['rmse']:.4f}, MAE {metrics['mae']:.4f}, Pearson {metrics['pearson']:.4f}, "
                 f"Spearman {metrics['spearman']:.4f}, n={metrics['n']}")
+
+    def cleanlab_inputs(self, labels, scores):
+        return [float(v) for v in labels], np.asarray(scores).reshape(-1)
+
+    def label_text(self, value, names, scale=None):
+        """The target in the data's own units."""
+        return round(float(unscale([float(np.asarray(value).reshape(-1)[0])], scale)[0]), 6)
+
+    def uncertainty(self, scores, strategy):
+        """One number per text carries no uncertainty: random and diverse weigh every text alike."""
+        if strategy in ("entropy", "margin"):
+            raise ConfigError(f"--strategy {strategy} needs class probabilities; a regression model gives one "
+                              "number per text, so use --strategy random or diverse")
+        return np.zeros(len(scores))
 
     def data_note(self, counts, scale):
         return "" if not scale else (f"\nTarget scale: {scale['method']} (train mean {scale['mean']:.4g}, "

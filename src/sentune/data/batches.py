@@ -154,6 +154,17 @@ class Feed:
             batch["index"] = torch.from_numpy(idx.astype(np.int64))
             yield batch
 
+    def subset(self, idx: np.ndarray, batch_size: int, train: bool) -> Feed:
+        """A feed of examples `idx` of this one (same contents: token ids or cached states), with its own plan;
+        its `index` counts within the subset (how an audit's folds share one cache)."""
+        if self.groups is not None:
+            raise ValueError("a subset of a windowed feed is not supported")
+        idx = np.asarray(idx, dtype=np.int64)
+        plan = BatchPlan(self.lengths[idx], batch_size, train, self.plan.seed, chunk_batches=self.plan.chunk_batches)
+        outer = self.collate
+        return Feed(plan, self.labels[idx], lambda rows, width: outer(idx[rows], width), padding=self.padding,
+                    max_length=self.max_length, pad_to_multiple_of=self.pad_to_multiple_of, input_ids=None)
+
     def _width(self, rows: np.ndarray) -> int:
         longest = int(self.row_lengths[rows].max())
         return padded_length(longest, self.padding, self.max_length, self.pad_to_multiple_of)
@@ -186,6 +197,9 @@ class SampledFeed(Feed):
     def batches(self, epoch: int = 0, rank: int = 0, world_size: int = 1,
                 start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         return self.samples[epoch % len(self.samples)].batches(epoch, rank, world_size, start)
+
+    def subset(self, idx: np.ndarray, batch_size: int, train: bool) -> Feed:
+        return SampledFeed([sample.subset(idx, batch_size, train) for sample in self.samples])
 
 
 def make_feed(input_ids: list[list[int]], labels: list[int], *, batch_size: int, train: bool, seed: int,

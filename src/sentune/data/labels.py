@@ -132,3 +132,22 @@ def _iterative(y: np.ndarray, n_take: int, seed: int) -> tuple[list[int], list[i
     while len(taken) < n_take:
         taken.append(rest.pop())
     return sorted(taken), sorted(rest)
+
+
+def folds(labels: list, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k (fit, held-out) index pairs covering every row once as held out, stratified on the labels as
+    `pick` is (classes, label sets iteratively, regression targets by quantile bin); plain k-fold when a
+    stratum has fewer than k rows."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    rows = np.arange(len(labels))
+    if labels and isinstance(labels[0], list):
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        y = np.asarray(labels)
+        return list(MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, y))
+    strata = _bins(labels) if labels and isinstance(labels[0], float) else list(labels)
+    counts = np.unique(strata, return_counts=True)[1]
+    if counts.min() >= k:
+        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, strata))
+    return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(rows))

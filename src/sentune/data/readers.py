@@ -42,6 +42,7 @@ class RawSplit:
     class_names: list[str] | None = None  # a ClassLabel's names: the label order to use
     unit: str = "row"  # how to name a position: "row" (1-based data row) or "line"
     positions: list[int] | None = None  # the row/line number of each example when not i + 1
+    origin: list[tuple[str, int]] | None = None  # after edits (data/edits.py): each example's file split and row
 
     def row_name(self, index: int) -> str:
         position = self.positions[index] if self.positions is not None else index + 1

@@ -20,6 +20,7 @@ from train; then `limit_train` / `limit_eval` take seeded, label-stratified samp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sentune import tasks
+from sentune.data import edits as edit_lib
 from sentune.data import labels as label_lib
 from sentune.data.readers import (
     LabelForm,
@@ -56,17 +58,22 @@ class Splits:
     sources: dict[str, dict] = field(default_factory=dict)
     task: tasks.Task = tasks.get_task(tasks.SingleLabel.name)
     label_scale: dict | None = None  # regression: the standardisation of the targets (tasks.standardise)
+    origins: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # per example: file split, 0-based row
+    edits: dict | None = None  # what --exclude / --add-file changed (data/edits.py), for the manifest
 
 
 def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
-    """Read, validate, label-map, carve and limit the splits a training run needs."""
+    """Read, edit (--exclude, --add-file), validate, label-map, carve and limit the splits a run needs.
+
+    select_on "none": no validation split is carved (an audit scores every training row itself)."""
     found = _raw_splits(data)
     if found.get("train") is None:
         raise DataError("no training data: give --train-file, or a --dataset with a train split")
     raw: dict[str, RawSplit] = {split: part for split, part in found.items() if part is not None}
+    raw, edits = _edit(raw, data)
     task = tasks.resolve_task(data.task, raw["train"].labels, raw["train"].source)
     names, ids, scale = ENCODE[type(task)](raw, data.label_column, data.label_scale)
-    rows = {split: (raw[split].texts, ids[split]) for split in ids}
+    rows = {split: (raw[split].texts, ids[split], edit_lib.origins(raw[split], split)) for split in ids}
     sources = {split: raw[split].source for split in ids}
     if select_on == "validation" and "validation" not in rows:
         train, validation = carve(rows["train"], data.validation_split, seed)
@@ -77,13 +84,30 @@ def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
         if limit is not None and limit < len(rows[split][0]):
             rows[split] = stratified_sample(rows[split], limit, seed)
             sources[split] += f" (stratified sample of {limit})"
-    datasets = {split: to_dataset(*rows[split], task=task) for split in rows}
+    datasets = {split: to_dataset(*rows[split][:2], task=task) for split in rows}
     return Splits(
         train=datasets["train"], validation=datasets.get("validation"), test=datasets.get("test"),
         label_names=names,
-        sources={s: describe(sources[s], rows[s], names) for s in rows},
-        task=task, label_scale=scale,
+        sources={s: describe(sources[s], rows[s][:2], names) for s in rows},
+        task=task, label_scale=scale, origins={s: list(rows[s][2]) for s in rows}, edits=edits,
     )
+
+
+def _edit(raw: dict[str, RawSplit], data: DataConfig) -> tuple[dict[str, RawSplit], dict | None]:
+    """--add-file's rows joined to train, after --exclude's drops and relabels (which may name them)."""
+    if data.add_file:  # typically `sentune select`'s CSV, labelled: its formula guard comes off again
+        added = read_labelled_file(Path(data.add_file), data.text_column, data.label_column, label_form(data))
+        raw = {**raw, "add": dataclasses.replace(added, texts=[edit_lib.unguard(t) for t in added.texts])}
+    applied = None
+    if data.exclude:
+        raw, applied = edit_lib.apply_edits(raw, edit_lib.read_edits(data.exclude), data.exclude)
+    if "add" in raw:
+        raw = dict(raw)
+        added = raw.pop("add")
+        raw["train"] = edit_lib.add_rows(raw["train"], added)
+        applied = applied or edit_lib.Applied(source="")
+        applied.added = len(added.texts)
+    return raw, applied.record() if applied else None
 
 
 def load_labelled(path_or_dataset: str, *, split: str = "test", dataset_config: str | None = None,
@@ -238,9 +262,9 @@ def _local_source(spec: str, text_column: str, label_column: str,
 
 # --- sampling ---
 
-def carve(rows: tuple[list[str], list], fraction: float, seed: int):
+def carve(rows: tuple, fraction: float, seed: int):
     """Split (texts, labels) into (rest, carved) with a stratified, seeded `fraction` carved off."""
-    texts, labels = rows
+    texts, labels = rows[:2]
     n_carve = max(1, round(len(texts) * fraction))
     if n_carve >= len(texts):
         raise DataError(f"cannot carve a validation split from only {len(texts)} training rows")
@@ -248,15 +272,15 @@ def carve(rows: tuple[list[str], list], fraction: float, seed: int):
     return _take(rows, keep), _take(rows, held)
 
 
-def stratified_sample(rows: tuple[list[str], list], n: int, seed: int):
+def stratified_sample(rows: tuple, n: int, seed: int):
     """A seeded, label-stratified sample of n rows (iterative for label sets), kept in the original order."""
     chosen, _ = label_lib.pick(list(rows[1]), n, seed)
     return _take(rows, chosen)
 
 
 def _take(rows, indices: list[int]):
-    texts, labels = rows
-    return [texts[i] for i in indices], [labels[i] for i in indices]
+    """The chosen rows of every column (texts, labels and, when present, origins)."""
+    return tuple([column[i] for i in indices] for column in rows)
 
 
 def to_dataset(texts: list[str], labels: list, task: str = tasks.SingleLabel.name) -> Dataset:

@@ -22,6 +22,13 @@ def normalize_tweet(text: str) -> str:
     return " ".join(words)
 
 
+def dedupe_key(text: str) -> str:
+    """What two texts must share to count as the same text: Unicode-compatible, case-folded, links and
+    @names as in normalize_tweet, punctuation and runs of whitespace ignored (`sentune audit`'s exact twins)."""
+    text = normalize_tweet(unicodedata.normalize("NFKC", text).casefold())
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
 def _special_template(tokenizer) -> tuple[list[int], list[int]]:
     """(prefix, suffix) special ids the tokenizer wraps around one sequence.
 

@@ -281,5 +281,6 @@ def write_start(p: Prepared) -> None:
         "versions": rundir.versions(), "device": rundir.device_info(p.accelerator.device),
         "precision": p.accelerator.mixed_precision, "num_processes": p.accelerator.num_processes,
         "data": sources, "label_names": p.splits.label_names, "task": p.splits.task,
+        **({"edits": p.splits.edits} if p.splits.edits else {}),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
