@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from sentune.inference.classifier import Classifier
+    from sentune.training.distill import distill
     from sentune.training.sweep import sweep
 
 
@@ -21,7 +22,11 @@ def __getattr__(name: str):
         from sentune.training.sweep import sweep
 
         return sweep
+    if name == "distill":  # sentune.distill(teacher_run, "layers:3", ...) -> DistillResult (table, retention)
+        from sentune.training.distill import distill
+
+        return distill
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "__version__", "sweep"]
+__all__ = ["Classifier", "__version__", "distill", "sweep"]

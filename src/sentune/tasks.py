@@ -178,6 +178,34 @@ def hits(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).sum().float()
 
 
+# ---- distillation ---------------------------------------------------------------------------------------
+def soft_loss(task: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The student's loss against the teacher's logits (Hinton et al. 2015): KL between the softmaxes at
+    temperature T, per-label BCE against the teacher's sigmoids at T, or MSE to the teacher's value (a score
+    has nothing to soften). Scaled by T squared, so the gradients keep their size whatever T is."""
+    if task == "regression":
+        return torch.nn.functional.mse_loss(student.float(), teacher.float())
+    t = float(temperature)
+    if task == "multi_label":
+        targets = torch.sigmoid(teacher.float() / t)
+        return torch.nn.functional.binary_cross_entropy_with_logits(student.float() / t, targets) * t * t
+    log_student = torch.nn.functional.log_softmax(student.float() / t, -1)
+    log_teacher = torch.nn.functional.log_softmax(teacher.float() / t, -1)
+    return torch.nn.functional.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * t * t
+
+
+def teacher_labels(task: str, logits: np.ndarray, thresholds: np.ndarray) -> list:
+    """Labels in the training split's form for texts only the teacher has seen (unlabelled transfer text):
+    its class, its label set at its thresholds, or its value. They fill the label column; the labels' loss
+    never reads them."""
+    z = np.asarray(logits, dtype=np.float64)
+    if task == "regression":
+        return z[:, 0].astype(np.float32).tolist()
+    if task == "multi_label":
+        return decide(to_scores(task, z), thresholds).astype(np.float32).tolist()
+    return z.argmax(-1).astype(np.int64).tolist()
+
+
 # ---- regression scale ------------------------------------------------------------------------------------
 def _last_linear(model: torch.nn.Module) -> torch.nn.Linear:
     head = cast(torch.nn.Module, model.classifier)
@@ -214,3 +242,9 @@ def unscale(values, scale: dict | None) -> np.ndarray:
     """Standardised values back in the original units."""
     y = np.asarray(values, dtype=np.float64)
     return y if not scale else y * float(scale["std"]) + float(scale["mean"])
+
+
+def rescale(values, scale: dict | None) -> np.ndarray:
+    """Values in the original units -> the standardised ones training works in (the inverse of unscale)."""
+    y = np.asarray(values, dtype=np.float64)
+    return y if not scale else (y - float(scale["mean"])) / float(scale["std"])

@@ -126,3 +126,13 @@ def summary_lines(metrics: dict) -> list[str]:
         lines.append(f"{name[:16]:<16}{row['threshold']:>10.2f}{row['precision']:>10.4f}{row['recall']:>10.4f}"
                      f"{row['f1']:>10.4f}{row['support']:>10d}")
     return lines
+
+
+def all_metrics(task: str, labels, scores, label_names: Sequence[str], thresholds: dict | None = None) -> dict:
+    """Every metric of the task from labels and scores as predict gives them (probabilities, or values in the
+    data's units). One entry for distill's gate until evaluation has one scoring path for all tasks."""
+    if task == "single_label":
+        from sentune.evaluation.metrics import compute_metrics
+
+        return compute_metrics(np.asarray(labels, dtype=np.int64), scores, label_names)
+    return task_metrics(task, labels, scores, label_names, thresholds)

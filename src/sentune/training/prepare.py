@@ -25,17 +25,25 @@ from sentune.training.accel import make_accelerator
 
 @dataclass
 class Shared:
-    """What a sweep hands each of its trials so that they share work and report as they go.
+    """What a caller of `fit` hands it: a sweep, to each of its trials so that they share work and report as
+    they go; `distill`, its transfer set and loss.
 
     `splits`: loaded once, without the test split (a trial never sees it); `cache_store`: frozen-layer caches
     kept in memory across trials; `on_epoch(row)`: called after every epoch's metrics (the pruner's hook; it
-    may raise to stop the trial); `checkpoints`: off for trials, which are retried whole rather than resumed.
+    may raise to stop the trial); `checkpoints`: off for trials, which are retried whole rather than resumed;
+    `make_loss(cfg, splits)`: the training loss instead of the task's own (distillation).
     """
 
     splits: Any = None
     cache_store: Any = None
     on_epoch: Any = None
     checkpoints: bool = True
+    make_loss: Any = None
+
+
+class ExampleLoss(torch.nn.Module):
+    """A training loss that also reads which examples a batch holds, `forward(logits, labels, index)` (a
+    distillation loss looks up the teacher's outputs for them); a task's own loss reads the labels only."""
 
 
 @dataclass
@@ -96,7 +104,7 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
     net, optimizer = acc.prepare(model_lib.SplitModel(model, cfg.model.freeze_layers, cfg.train.cached_dropout),
                                  optimizer)
     p = Prepared(cfg=cfg, accelerator=acc, splits=splits, model=model, tokenizer=tokenizer, feeds=feeds,
-                 optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss(cfg, splits).to(acc.device),
+                 optimizer=optimizer, scheduler=scheduler, loss_fn=loss_maker(shared)(cfg, splits).to(acc.device),
                  run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad], net=net,
                  shared=shared)
     if acc.is_main_process:
@@ -230,6 +238,10 @@ def dropout_cache(cfg: Config, cache, feeds: dict, log) -> dict:
         samples.append(cache({"train": feeds["train"]}, dropout_seed=seed,
                              log=lambda line, j=j: log(f"{line} (dropout run {j + 1} of {n})"))["train"])
     return out | {"train": SampledFeed(samples)}
+
+
+def loss_maker(shared: Shared | None):
+    return shared.make_loss if shared is not None and shared.make_loss is not None else make_loss
 
 
 def make_loss(cfg: Config, splits) -> torch.nn.Module:
