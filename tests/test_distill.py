@@ -86,32 +86,33 @@ def test_evenly_spaced_layers_take_every_other_as_distilbert_and_share_the_botto
 
 
 # ---- the loss ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("task", tasks.TASKS)
-def test_soft_loss_is_least_where_the_student_matches_the_teacher(task):
+@pytest.mark.parametrize("name", tasks.TASKS)
+def test_soft_loss_is_least_where_the_student_matches_the_teacher(name):
+    task = tasks.get_task(name)
     torch.manual_seed(0)
     width = 1 if task == "regression" else 3
     teacher = torch.randn(8, width) * 2
-    same = tasks.soft_loss(task, teacher.clone(), teacher, 2.0)
-    other = tasks.soft_loss(task, torch.randn(8, width), teacher, 2.0)
+    same = task.soft_loss(teacher.clone(), teacher, 2.0)
+    other = task.soft_loss(torch.randn(8, width), teacher, 2.0)
     if task != "multi_label":  # BCE against soft targets keeps their entropy at its minimum
         assert same.item() == pytest.approx(0.0, abs=1e-6)
     assert other.item() > same.item()
     student = teacher.clone().requires_grad_(True)
-    tasks.soft_loss(task, student, teacher, 2.0).backward()
+    task.soft_loss(student, teacher, 2.0).backward()
     assert student.grad.abs().max().item() < 1e-5  # a minimum: no pull away from the teacher
 
 
 def test_distillation_loss_reads_labels_only_of_labelled_examples():
     teacher = torch.tensor([[2.0, -2.0], [2.0, -2.0], [-2.0, 2.0]])
     label_loss = torch.nn.CrossEntropyLoss()
-    loss = distill_lib.DistillationLoss("single_label", label_loss, teacher, labelled=2, alpha=0.0, temperature=1.0)
+    single = tasks.get_task("single_label")
+    loss = distill_lib.DistillationLoss(single, label_loss, teacher, labelled=2, alpha=0.0, temperature=1.0)
     logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     labels = torch.tensor([0, 1, 0])
     both = loss(logits, labels, torch.tensor([0, 1, 2]))
     assert both.item() == pytest.approx(label_loss(logits[:2], labels[:2]).item())
     only_unlabelled = loss(logits, labels, torch.tensor([2, 2, 2]))  # no labels here: the teacher alone
-    assert only_unlabelled.item() == pytest.approx(tasks.soft_loss("single_label", logits, teacher[[2, 2, 2]],
-                                                                   1.0).item())
+    assert only_unlabelled.item() == pytest.approx(single.soft_loss(logits, teacher[[2, 2, 2]], 1.0).item())
 
 
 # ---- layers:K ------------------------------------------------------------------------------------------------
@@ -145,7 +146,8 @@ def test_student_best_loads_in_a_transformers_pipeline(layers_student):
     result, _ = layers_student
     texts = ["great wonderful film", "awful boring plot"]
     answers = pipeline("text-classification", model=str(result.best_dir))(texts)
-    assert [a["label"] for a in answers] == [p["label"] for p in Classifier.load(result.best_dir, precision="fp32").predict(texts)]
+    ours = Classifier.load(result.best_dir, precision="fp32").predict(texts)
+    assert [a["label"] for a in answers] == [p["label"] for p in ours]
 
 
 def test_student_exports_to_onnx_with_parity(layers_student, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from sentune import tasks
 from sentune.cli import main
 from sentune.errors import DataError
 from sentune.evaluation.metrics import compute_metrics, expected_calibration_error, reliability_table, selection_score
@@ -49,10 +50,11 @@ def test_metrics_match_hand_computed_values():
 
 def test_selection_scores_match_hand_computed_values():
     # a majority-class predictor: accuracy 3/4, but it never finds class 1
-    y, pred = [0, 0, 0, 1], [0, 0, 0, 0]
-    assert selection_score("accuracy", y, pred) == pytest.approx(0.75)
-    assert selection_score("macro_recall", y, pred) == pytest.approx((1.0 + 0.0) / 2)
-    assert selection_score("macro_f1", y, pred) == pytest.approx((2 * 0.75 / 1.75 + 0.0) / 2)
+    y, probs = [0, 0, 0, 1], np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.7, 0.3]])
+    task = tasks.get_task("single_label")
+    assert selection_score(task, "accuracy", y, probs) == pytest.approx(0.75)
+    assert selection_score(task, "macro_recall", y, probs) == pytest.approx((1.0 + 0.0) / 2)
+    assert selection_score(task, "macro_f1", y, probs) == pytest.approx((2 * 0.75 / 1.75 + 0.0) / 2)
 
 
 def test_reliability_table_bins_are_right_closed_and_empty_bins_null():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from sentune import config as config_lib
 from sentune.errors import WriteError
-from sentune.evaluation import report
+from sentune.evaluation import plots, report
 from sentune.evaluation.metrics import compute_metrics
 
 NAMES = ["neg", "pos"]
@@ -28,7 +28,7 @@ def assert_png(path, inches):
     assert path.stat().st_size > 0
     with Image.open(path) as image:
         assert image.format == "PNG"
-        assert image.size == (int(inches[0] * report.DPI), int(inches[1] * report.DPI))
+        assert image.size == (int(inches[0] * plots.DPI), int(inches[1] * plots.DPI))
         assert len(image.convert("L").getcolors(maxcolors=1_000_000)) > 10
 
 
@@ -45,17 +45,17 @@ ROWS = [
 def test_plots_have_the_expected_size(tmp_path):
     labels, probs = probs_and_labels()
     metrics = compute_metrics(labels, probs, NAMES)
-    assert_png(report.plot_confusion(metrics["confusion_matrix"], NAMES, tmp_path / "cm.png"),
-               report.CONFUSION_INCHES)
-    assert_png(report.plot_reliability(labels, probs, tmp_path / "rel.png"), report.RELIABILITY_INCHES)
-    assert_png(report.plot_curves(ROWS, 2, tmp_path / "curves.png"), report.CURVES_INCHES)
+    assert_png(plots.plot_confusion(metrics["confusion_matrix"], NAMES, tmp_path / "cm.png"),
+               plots.CONFUSION_INCHES)
+    assert_png(plots.plot_reliability(labels, probs, tmp_path / "rel.png"), plots.RELIABILITY_INCHES)
+    assert_png(plots.plot_curves(ROWS, 2, tmp_path / "curves.png"), plots.CURVES_INCHES)
 
 
 def test_confusion_plot_handles_many_classes_and_empty_rows(tmp_path):
     names = [f"class{i}" for i in range(12)]
     cm = np.zeros((12, 12), dtype=int)
     cm[0, 0], cm[1, 2] = 5, 3  # most rows empty: no division by zero
-    assert_png(report.plot_confusion(cm.tolist(), names, tmp_path / "cm.png"), report.CONFUSION_INCHES)
+    assert_png(plots.plot_confusion(cm.tolist(), names, tmp_path / "cm.png"), plots.CONFUSION_INCHES)
 
 
 def test_eval_report_embeds_plots_and_numbers(tmp_path):
@@ -73,8 +73,8 @@ def test_eval_report_embeds_plots_and_numbers(tmp_path):
     assert "![confusion matrix](confusion_matrix.png)" in text
     assert "![reliability diagram](reliability.png)" in text
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 60
-    assert_png(tmp_path / "confusion_matrix.png", report.CONFUSION_INCHES)
-    assert_png(tmp_path / "reliability.png", report.RELIABILITY_INCHES)
+    assert_png(tmp_path / "confusion_matrix.png", plots.CONFUSION_INCHES)
+    assert_png(tmp_path / "reliability.png", plots.RELIABILITY_INCHES)
 
 
 def test_a_failed_report_write_is_a_write_error(tmp_path):
@@ -83,7 +83,7 @@ def test_a_failed_report_write_is_a_write_error(tmp_path):
     with pytest.raises(WriteError, match="cannot write .*taken"):
         report.write_eval_report(tmp_path / "taken" / "out", metrics)
     with pytest.raises(WriteError, match="cannot write .*taken"):
-        report.plot_curves(ROWS, 1, tmp_path / "taken" / "curves.png")
+        plots.plot_curves(ROWS, 1, tmp_path / "taken" / "curves.png")
 
 
 def make_run(run_dir, select_on="validation", final=True):
@@ -117,9 +117,9 @@ def test_training_report_from_a_run_directory(tmp_path):
     assert "![loss and accuracy per epoch](curves.png)" in text
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert f"| accuracy | {final['accuracy']:.4f} |" in text
-    assert_png(tmp_path / "curves.png", report.CURVES_INCHES)
-    assert_png(tmp_path / "confusion_matrix.png", report.CONFUSION_INCHES)
-    assert_png(tmp_path / "reliability.png", report.RELIABILITY_INCHES)
+    assert_png(tmp_path / "curves.png", plots.CURVES_INCHES)
+    assert_png(tmp_path / "confusion_matrix.png", plots.CONFUSION_INCHES)
+    assert_png(tmp_path / "reliability.png", plots.RELIABILITY_INCHES)
 
 
 def test_training_report_without_final_metrics(tmp_path):

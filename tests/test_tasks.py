@@ -19,7 +19,7 @@ from sentune.data import labels as label_lib
 from sentune.data.readers import LabelForm, RawSplit, read_labelled_file
 from sentune.data.splits import load_splits
 from sentune.errors import ConfigError, DataError
-from sentune.evaluation.task_metrics import multi_label_metrics, regression_metrics
+from sentune.evaluation.metrics import multi_label_metrics, regression_metrics
 from sentune.evaluation.thresholds import tune_thresholds
 
 FILLER = WORDS[22:]
@@ -171,10 +171,10 @@ def test_list_in_single_label_mode_names_the_file(tmp_path):
 
 
 def test_select_metric_must_fit_the_task():
-    assert tasks.select_metric("multi_label", "accuracy") == "macro_f1"
-    assert tasks.select_metric("regression", "accuracy") == "rmse"
+    assert tasks.get_task("multi_label").select_metric("accuracy") == "macro_f1"
+    assert tasks.get_task("regression").select_metric("accuracy") == "rmse"
     with pytest.raises(ConfigError, match="rmse does not apply to multi_label"):
-        tasks.select_metric("multi_label", "rmse")
+        tasks.get_task("multi_label").select_metric("rmse")
 
 
 # ---- sampling ----------------------------------------------------------------------------------------------
@@ -204,21 +204,22 @@ def test_regression_sampling_is_stratified_on_quantiles():
 def test_losses_per_task():
     train = config.resolve(None, None, {"dataset": None}).train
     y = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    plain = tasks.make_loss("multi_label", train, y, 3)
+    plain = tasks.get_task("multi_label").loss(train, y, 3)
     assert isinstance(plain, torch.nn.BCEWithLogitsLoss) and plain.pos_weight is None
     train.class_weights = "balanced"
-    weighted = tasks.make_loss("multi_label", train, y, 3)
+    weighted = tasks.get_task("multi_label").loss(train, y, 3)
     assert weighted.pos_weight.tolist() == pytest.approx([1 / 3, 3.0, 4.0])  # negatives / positives (0 -> 4/1)
     logits = torch.zeros(4, 3)
     assert plain(logits, y).item() == pytest.approx(np.log(2))
     train.class_weights, train.loss = "none", "huber"
-    huber = tasks.make_loss("regression", train, torch.zeros(4), 1)
+    huber = tasks.get_task("regression").loss(train, torch.zeros(4), 1)
     assert huber(torch.full((4, 1), 3.0), torch.zeros(4)).item() == pytest.approx(2.5)  # |3| - 0.5
     train.loss = "auto"
-    assert tasks.make_loss("regression", train, torch.zeros(4), 1)(torch.full((4, 1), 3.0), torch.zeros(4)).item() == 9
+    mse = tasks.get_task("regression").loss(train, torch.zeros(4), 1)
+    assert mse(torch.full((4, 1), 3.0), torch.zeros(4)).item() == 9
     train.loss = "huber"
     with pytest.raises(ConfigError, match="--loss huber does not apply to multi_label"):
-        tasks.make_loss("multi_label", train, y, 3)
+        tasks.get_task("multi_label").loss(train, y, 3)
 
 
 def test_fold_scale_makes_the_head_answer_in_original_units():

@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sentune import config
+from sentune.training import finish as finish_lib
 from sentune.training import loop as train
 from sentune.training.loop import fit
 
@@ -49,15 +50,13 @@ def test_run_directory_is_complete_and_loads_in_a_pipeline(tiny_model_dir, toy_f
 
 
 def test_final_weights_are_the_best_epochs(tiny_bert_dir, toy_files, tmp_path, monkeypatch):
-    from sentune.training import loop as train
-
     # Pretend only epoch 1 improved, so the last epoch's weights differ from the selected ones.
     original_select = train.select
     monkeypatch.setattr(train, "select", lambda state, row, on: original_select(state, row, on) if row["epoch"] == 1
                         else bool(setattr(state, "stale", state.stale + 1)))
     before_reload = {}
-    original_reload = train.reload_best
-    monkeypatch.setattr(train, "reload_best", lambda p: (before_reload.update(
+    original_reload = finish_lib.reload_best
+    monkeypatch.setattr(finish_lib, "reload_best", lambda p: (before_reload.update(
         {k: v.clone() for k, v in p.model.state_dict().items()}), original_reload(p)))
     p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=3, patience=5, select_on="test"))
     assert state.best_epoch == 1 and state.epoch == 3
@@ -71,8 +70,8 @@ def test_final_weights_are_the_best_epochs(tiny_bert_dir, toy_files, tmp_path, m
 def test_best_is_the_highest_accuracy(tiny_bert_dir, toy_files, tmp_path):
     p, state = fit(tiny_cfg(tiny_bert_dir, toy_files, tmp_path, epochs=3, patience=3, select_on="test"))
     rows = [json.loads(line) for line in (p.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert state.best_acc == max(r["test_acc"] for r in rows)
-    assert state.best_epoch == 1 + [r["test_acc"] for r in rows].index(state.best_acc)
+    assert state.best_score == max(r["test_acc"] for r in rows)
+    assert state.best_epoch == 1 + [r["test_acc"] for r in rows].index(state.best_score)
 
 
 def test_early_stopping_after_patience(tiny_bert_dir, toy_files, tmp_path):
@@ -154,7 +153,7 @@ def test_select_uses_the_named_score_not_accuracy():
     rows = [{"epoch": 1, "val_acc": 0.80, key: 0.50}, {"epoch": 2, "val_acc": 0.70, key: 0.65},
             {"epoch": 3, "val_acc": 0.90, key: 0.60}]
     improved = [select(state, row, key) for row in rows]
-    assert improved == [True, True, False] and state.best_epoch == 2 and state.best_acc == 0.65
+    assert improved == [True, True, False] and state.best_epoch == 2 and state.best_score == 0.65
 
 
 def test_select_metric_macro_recall_end_to_end(tiny_bert_dir, toy_files, tmp_path, capsys):
@@ -164,11 +163,12 @@ def test_select_metric_macro_recall_end_to_end(tiny_bert_dir, toy_files, tmp_pat
                             validation_file=str(toy_files["validation"]), select_metric="macro_recall"))
     rows = [json.loads(line) for line in (p.run_dir / "metrics.jsonl").read_text().splitlines()]
     scores = [r["val_macro_recall"] for r in rows]
-    assert state.best_acc == max(scores) and state.best_epoch == scores.index(max(scores)) + 1
+    assert state.best_score == max(scores) and state.best_epoch == scores.index(max(scores)) + 1
     # the selected weights, now loaded, score exactly what selection recorded for them
     out = train.evaluate(p, "validation", with_probs=True)
     labels = p.splits.validation["label"]
-    assert selection_score("macro_recall", labels, out["probs"].argmax(-1).numpy()) == pytest.approx(state.best_acc)
+    recorded = selection_score(p.splits.task, "macro_recall", labels, out["probs"].numpy())
+    assert recorded == pytest.approx(state.best_score)
     assert "Best val macro-recall: " in capsys.readouterr().out
     manifest = json.loads((p.run_dir / "manifest.json").read_text())
     assert manifest["select_metric"] == "macro_recall"

@@ -232,7 +232,7 @@ def calibrate(model_dir: str, validation_file: str | None, **options) -> None:
 
     quiet_transformers()
     result = calibrate_model(model_dir, validation_file, **options)
-    if result.get("task") == "multi_label":
+    if "thresholds" in result:  # a multi-label model's calibration
         t = result["thresholds"]
         click.echo(f"thresholds tuned on {result['n']} rows of {result['data']['source']}: global {t['global']:.2f}, "
                    f"{len(t['per_label']) - len(t['fallback'])} per-label (the rest use the global one)")

@@ -78,16 +78,6 @@ def encode(task: str, raw: dict[str, RawSplit], label_column: str,
     return [label_column], {s: [(v - mean) / std for v in vs] for s, vs in values.items()}, scale
 
 
-def label_summary(task: str, labels: list) -> dict:
-    """What the manifest and the data summary say about one split's labels."""
-    y = np.asarray(labels, dtype=np.float64)
-    if task == "multi_label":
-        per_row = y.sum(1)
-        return {"no_label": int((per_row == 0).sum()), "two_or_more": int((per_row >= 2).sum()),
-                "positives": y.sum(0).astype(int).tolist()}
-    return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
-
-
 # ---- stratified sampling ----------------------------------------------------------------------------------
 def pick(labels: list, n_take: int, seed: int, held_out: bool = False) -> tuple[list[int], list[int]]:
     """(taken, rest) row indices: n_take rows stratified on the labels, whatever the task.

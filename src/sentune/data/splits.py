@@ -55,7 +55,7 @@ class Splits:
     test: Dataset | None
     label_names: list[str]
     sources: dict[str, dict] = field(default_factory=dict)
-    task: str = "single_label"
+    task: tasks.Task = tasks.get_task("single_label")
     label_scale: dict | None = None  # regression: the standardisation of the targets (tasks.standardise)
 
 

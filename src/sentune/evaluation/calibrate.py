@@ -84,7 +84,8 @@ def calibrate_model(
     label_separator: str | None = None,
     label_columns: str | None = None,
 ) -> dict:
-    """Fit T on held-out raw logits (a file, or a dataset's split), store it, return NLL/ECE before and after."""
+    """Fit what the model's task calibrates on held-out data (a file, or a dataset's split) and store it:
+    a temperature T on raw logits (one label per text) or decision thresholds (several labels per text)."""
     from sentune.data.splits import load_labelled
     from sentune.evaluation.evaluate import label_form_of, require_file
     from sentune.inference.classifier import Classifier
@@ -98,49 +99,44 @@ def calibrate_model(
     source = validation_file or dataset
     assert source is not None  # exactly one of the two was checked above
     clf = Classifier.load(model_dir, backend="torch", precision="fp32")  # fitted on exact logits
-    if clf.task != "single_label":
-        return calibrate_thresholds(clf, model_dir, source, split=split, dataset_config=dataset_config,
-                                    text_column=text_column, label_column=label_column, limit=limit,
-                                    batch_size=batch_size, form=label_form_of(label_separator, label_columns))
-    rows, _ = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
-                            label_column=label_column, label_names=clf.labels, limit=limit)
+    if not clf.task.calibration:
+        raise ConfigError(f"{model_dir} is a {clf.task} model: there is no temperature or threshold to calibrate")
+    rows, names = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
+                                label_column=label_column, label_names=clf.labels, limit=limit, task=clf.task,
+                                form=label_form_of(label_separator, label_columns))
     if len(rows) < 2:
-        raise DataError(f"{source}: need at least 2 labelled rows to fit a temperature, got {len(rows)}")
+        raise DataError(f"{source}: need at least 2 labelled rows to fit a {clf.task.calibration}, got {len(rows)}")
     logits = clf.logits(list(rows["text"]), batch_size=batch_size)  # raw: any stored T is not applied
-    labels = np.asarray(rows["label"], dtype=np.int64)
+    result = CALIBRATORS[clf.task.calibration](clf, model_dir, logits, list(rows["label"]), names)
+    return result | {"n": int(len(rows)), "data": {"source": str(source), "split": split, "limit": limit}}
+
+
+def calibrate_temperature(clf, model_dir: str, logits, labels, names) -> dict:
+    """T on raw logits, NLL and ECE before (at the stored T) and after."""
+    labels = np.asarray(labels, dtype=np.int64)
     previous = clf.settings.temperature or 1.0
     temperature = fit_temperature(logits, labels)
     nll_before, ece_before = nll_and_ece(logits, labels, previous)
     nll_after, ece_after = nll_and_ece(logits, labels, temperature)
     store_temperature(model_dir, temperature)
-    return {"temperature": temperature, "previous_temperature": previous, "n": int(len(labels)),
-            "nll_before": nll_before, "nll_after": nll_after, "ece_before": ece_before,
-            "ece_after": ece_after, "data": {"source": str(source), "split": split, "limit": limit}}
+    return {"temperature": temperature, "previous_temperature": previous, "nll_before": nll_before,
+            "nll_after": nll_after, "ece_before": ece_before, "ece_after": ece_after}
 
 
-def calibrate_thresholds(clf, model_dir: str, source: str, *, split: str, dataset_config: str | None,
-                         text_column: str, label_column: str, limit: int | None, batch_size: int,
-                         form=None) -> dict:
-    """Multi-label calibration: tune decision thresholds on held-out data and store them (thresholds.py)."""
-    from sentune.data.splits import load_labelled
-    from sentune.evaluation.task_metrics import multi_label_metrics
+def calibrate_thresholds(clf, model_dir: str, logits, labels, names) -> dict:
+    """Decision thresholds tuned on held-out data (thresholds.py), macro / micro F1 before and after."""
+    from sentune.evaluation.metrics import score
     from sentune.evaluation.thresholds import tune_thresholds
 
-    if clf.task == "regression":
-        raise ConfigError(f"{model_dir} is a regression model: there is no temperature or threshold to calibrate")
-    rows, names = load_labelled(source, split=split, dataset_config=dataset_config, text_column=text_column,
-                                label_column=label_column, label_names=clf.labels, limit=limit,
-                                task="multi_label", form=form)
-    if len(rows) < 2:
-        raise DataError(f"{source}: need at least 2 labelled rows to tune thresholds, got {len(rows)}")
-    labels = np.asarray(list(rows["label"]))
-    probs = clf.predict_proba(list(rows["text"]), batch_size=batch_size)
+    probs = clf.task.scores(logits, clf.settings.temperature)
     previous = clf.settings.thresholds
-    thresholds = tune_thresholds(probs, labels, names)
-    before = multi_label_metrics(labels, probs, names, previous)
-    after = multi_label_metrics(labels, probs, names, thresholds)
+    thresholds = tune_thresholds(probs, np.asarray(labels), names)
+    before = score(clf.task, labels, probs, names, previous)
+    after = score(clf.task, labels, probs, names, thresholds)
     store_setting(model_dir, "thresholds", thresholds)
-    return {"task": "multi_label", "thresholds": thresholds, "previous_thresholds": previous, "n": int(len(labels)),
+    return {"task": str(clf.task), "thresholds": thresholds, "previous_thresholds": previous,
             "macro_f1_before": before["macro_f1"], "macro_f1_after": after["macro_f1"],
-            "micro_f1_before": before["micro_f1"], "micro_f1_after": after["micro_f1"],
-            "data": {"source": str(source), "split": split, "limit": limit}}
+            "micro_f1_before": before["micro_f1"], "micro_f1_after": after["micro_f1"]}
+
+
+CALIBRATORS = {"temperature": calibrate_temperature, "thresholds": calibrate_thresholds}

@@ -1,4 +1,10 @@
-"""Metrics of a classifier's probabilities: what training, evaluate, calibrate and the reports score with.
+"""Metrics of a model's scores, for every task: what training, sweep, evaluate, calibrate and the reports use.
+
+`score(task, ...)` is the one entry: one label per text gets accuracy, macro-F1/recall, per-class scores,
+the confusion matrix, ECE and NLL; several labels per text get micro / macro / samples F1 at the decision
+thresholds (and at 0.5), per-label counts, Hamming loss and subset accuracy (macro over every label of the
+model, as GoEmotions reports them); a score gets RMSE, MAE, R², Pearson and Spearman in the target's
+original units. `selection_score` is the one number `--select-metric` names, taken from the same dict.
 
 Every metric that scikit-learn has comes from scikit-learn; expected calibration error (which it
 lacks) is computed here with the usual equal-width confidence bins (Guo et al. 2017).
@@ -11,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sentune import tasks
 from sentune.errors import DataError
 
 ECE_BINS = 15
@@ -22,14 +29,17 @@ def selection_key(select_on: str, select_metric: str) -> str:
         "acc" if select_metric == "accuracy" else select_metric)
 
 
-def selection_score(metric: str, y_true, y_pred) -> float:
-    """The score `--select-metric` names, from labels and predicted class ids (macro: as compute_metrics)."""
-    from sklearn.metrics import accuracy_score, f1_score, recall_score
+def score(task: tasks.Task, labels, scores, label_names: Sequence[str], thresholds: dict | None = None,
+          scale: dict | None = None) -> dict:
+    """The task's metrics of `scores` (probabilities; regression: values, both unscaled by `scale`) against
+    `labels`; `thresholds`: a multi-label model's decision thresholds (0.5 for every label when None)."""
+    return SCORERS[type(task)](labels, scores, label_names, thresholds, scale)
 
-    if metric == "accuracy":
-        return float(accuracy_score(y_true, y_pred))
-    average = {"macro_recall": recall_score, "macro_f1": f1_score}[metric]
-    return float(average(y_true, y_pred, average="macro", zero_division=0))
+
+def selection_score(task: tasks.Task, metric: str, labels, scores, scale: dict | None = None) -> float:
+    """The score `--select-metric` names, of one evaluation (multi-label: at 0.5)."""
+    names = [str(i) for i in range(np.shape(scores)[1])]
+    return float(score(task, labels, scores, names, scale=scale)[metric])
 
 
 def compute_metrics(
@@ -71,6 +81,66 @@ def compute_metrics(
         "n": int(len(y)),
         "label_names": list(label_names),
         "reliability": table,
+    }
+
+
+def multi_label_metrics(labels, probs, label_names: Sequence[str], thresholds: dict | None = None) -> dict:
+    """Scores of label sets decided at `thresholds` (0.5 for every label when None)."""
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss, multilabel_confusion_matrix
+    from sklearn.metrics import precision_recall_fscore_support as prfs
+
+    y = np.asarray(labels, dtype=np.float64) > 0.5
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape != y.shape or p.ndim != 2 or p.shape[1] != len(label_names):
+        raise ValueError(f"labels and probs must both be (n, {len(label_names)}), got {y.shape} and {p.shape}")
+    if len(y) == 0:
+        raise DataError("nothing to evaluate: the labelled split is empty")
+    cut = tasks.threshold_vector(thresholds, label_names)
+    pred = tasks.decide(p, cut)
+    precision, recall, f1, support = prfs(y, pred, zero_division=0)
+    confusion = multilabel_confusion_matrix(y, pred)  # [[tn, fp], [fn, tp]] per label
+    per_label = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+               "support": int(support[i]), "threshold": float(cut[i]),
+               "tp": int(confusion[i, 1, 1]), "fp": int(confusion[i, 0, 1]), "fn": int(confusion[i, 1, 0]),
+               "tn": int(confusion[i, 0, 0])}
+        for i, name in enumerate(label_names)
+    }
+    average = {kind: float(f1_score(y, pred, average=kind, zero_division=0)) for kind in ("micro", "macro")}
+    return {
+        "task": "multi_label",
+        "micro_f1": average["micro"],
+        "macro_f1": average["macro"],
+        "samples_f1": float(f1_score(y, pred, average="samples", zero_division=0)),
+        "hamming_loss": float(hamming_loss(y, pred)),
+        "subset_accuracy": float(accuracy_score(y, pred)),
+        "per_label": per_label,
+        "n": int(len(y)),
+        "label_names": list(label_names),
+        "thresholds": thresholds,
+    }
+
+
+def regression_metrics(targets, predictions) -> dict:
+    """RMSE, MAE, R², Pearson, Spearman of predictions against targets (both in the original units)."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y = np.asarray(targets, dtype=np.float64).reshape(-1)
+    p = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    if len(y) == 0:
+        raise DataError("nothing to evaluate: the labelled split is empty")
+    constant = len(y) < 2 or np.ptp(y) == 0 or np.ptp(p) == 0  # correlations are undefined
+    return {
+        "task": "regression",
+        "rmse": float(np.sqrt(mean_squared_error(y, p))),
+        "mae": float(mean_absolute_error(y, p)),
+        "r2": float(r2_score(y, p)) if len(y) > 1 else float("nan"),
+        "pearson": 0.0 if constant else float(pearsonr(y, p).statistic),
+        "spearman": 0.0 if constant else float(spearmanr(y, p).statistic),
+        "n": int(len(y)),
+        "targets": y.tolist(),
+        "predictions": p.tolist(),
     }
 
 
@@ -125,3 +195,24 @@ def ece_of_table(table: dict) -> float:
     rows = zip(table["count"], table["accuracy"], table["confidence"], strict=True)
     gap = sum(c * abs(a - m) for c, a, m in rows if c)
     return float(gap / n)
+
+
+AT_HALF = ("micro_f1", "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy")
+
+
+def _label_sets(labels, scores, label_names, thresholds, scale) -> dict:
+    """At the stored thresholds, with the same numbers at 0.5 beside them under "at_0.5"."""
+    at_half = multi_label_metrics(labels, scores, label_names)
+    metrics = multi_label_metrics(labels, scores, label_names, thresholds) if thresholds else dict(at_half)
+    return metrics | {"at_0.5": {k: at_half[k] for k in AT_HALF}}
+
+
+def _values(labels, scores, label_names, thresholds, scale) -> dict:
+    return regression_metrics(tasks.unscale(labels, scale), tasks.unscale(np.asarray(scores)[:, 0], scale))
+
+
+def _classes(labels, scores, label_names, thresholds, scale) -> dict:
+    return compute_metrics(labels, scores, label_names)
+
+
+SCORERS = {tasks.SingleLabel: _classes, tasks.MultiLabel: _label_sets, tasks.Regression: _values}

@@ -1,132 +1,31 @@
-"""Plots (PNG, matplotlib's Agg canvas: no display needed) and markdown reports.
+"""Markdown reports: `write_eval_report` serves `sentune evaluate --output-dir`; `write_training_report` turns
+a run directory (config.yaml, manifest.json, metrics.jsonl, final_metrics.json) into curves.png and report.md.
 
-`write_eval_report` serves `sentune evaluate --output-dir`; `write_training_report` turns a run
-directory (config.yaml, manifest.json, metrics.jsonl, final_metrics.json) into curves.png and report.md.
-Figures are built with `matplotlib.figure.Figure` rather than pyplot, so nothing global (backend,
-current figure) is touched and the pixel size of every PNG is fixed: inches x DPI.
+Each task has its own metrics table and label-balance cell (tables at the end, keyed by the task type);
+the plots they link to are drawn by plots.py.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from sentune import tasks
 from sentune.atomic import atomic_write_text
-from sentune.errors import WriteError
-from sentune.evaluation.metrics import ece_of_table, selection_key
+from sentune.evaluation.metrics import selection_key
+from sentune.evaluation.plots import plot_curves, write_eval_plots
 from sentune.rundir import read_json, read_jsonl
-
-DPI = 100
-CONFUSION_INCHES = (6.0, 5.0)
-RELIABILITY_INCHES = (5.0, 6.0)
-CURVES_INCHES = (11.0, 4.0)
-SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
-SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
-
-
-def _figure(inches: tuple[float, float]):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=inches, dpi=DPI)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, format="png")  # no bbox_inches="tight": it would change the pixel size
-    except OSError as e:
-        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
-
-
-def plot_confusion(cm: Sequence[Sequence[int]], label_names: Sequence[str], path: str | Path) -> Path:
-    """Counts with row-normalized shading (rows = true labels), so small classes stay readable."""
-    counts = np.asarray(cm, dtype=np.int64)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = _figure(CONFUSION_INCHES)
-    ax = fig.add_subplot()
-    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, label="share of the true class")
-    k = len(label_names)
-    slanted = k > 4  # long or many names would overlap
-    ax.set_xticks(range(k), labels=label_names, rotation=45 if slanted else 0,
-                  ha="right" if slanted else "center")
-    ax.set_yticks(range(k), labels=label_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fontsize = 10 if k <= 6 else max(5, 60 // k)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, f"{counts[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=fontsize,
-                    color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_title("Confusion matrix")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_reliability(labels, probs, path: str | Path, bins: int = 15) -> Path:
-    """Reliability diagram of top-label confidence (bars: accuracy per bin) over a confidence histogram."""
-    from sentune.evaluation.metrics import reliability_table
-
-    return plot_reliability_table(reliability_table(labels, probs, bins), path)
-
-
-def plot_reliability_table(table: dict, path: str | Path) -> Path:
-    """The same diagram from `compute_metrics(...)["reliability"]` (no probabilities needed)."""
-    bins = table["bins"]
-    centers = (np.arange(bins) + 0.5) / bins
-    acc = np.array([np.nan if a is None else a for a in table["accuracy"]])
-    conf = np.array([np.nan if c is None else c for c in table["confidence"]])
-    fig = _figure(RELIABILITY_INCHES)
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.bar(centers, acc, width=1 / bins, edgecolor="black", color="tab:blue", label="accuracy")
-    top.bar(centers, conf - acc, bottom=acc, width=1 / bins, facecolor=(1, 0, 0, 0.15), edgecolor="tab:red",
-            hatch="//", label="gap to confidence")
-    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set(ylim=(0, 1), ylabel="accuracy", title=f"Reliability (ECE {ece_of_table(table):.4f}, {bins} bins)")
-    top.legend(loc="upper left", fontsize=8)
-    bottom.bar(centers, table["count"], width=1 / bins, color="gray", edgecolor="black")
-    bottom.set(xlim=(0, 1), xlabel="confidence (top-label probability)", ylabel="examples")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_curves(metrics_rows: list[dict], best_epoch: int | None, path: str | Path,
-                metric: tuple[str, str] = ("acc", "Accuracy")) -> Path:
-    """Loss (left) and accuracy (right; or `metric`: (field suffix, title)) per epoch for train/validation/test;
-    the selected epoch marked."""
-    fig = _figure(CURVES_INCHES)
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    epochs = [row["epoch"] for row in metrics_rows]
-    for ax, suffix, title in ((loss_ax, "loss", "Loss"), (acc_ax, *metric)):
-        for split, color in SPLIT_COLORS.items():
-            values = [row.get(f"{split}_{suffix}") for row in metrics_rows]
-            if all(v is None for v in values):
-                continue
-            ys = [math.nan if v is None else v for v in values]
-            ax.plot(epochs, ys, marker="o", color=color, label=SPLIT_NAMES[split])
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="gray", linestyle="--", label=f"selected (epoch {best_epoch})")
-        ax.set(title=title, xlabel="epoch")
-        ax.margins(x=0.1)  # keep the selected-epoch line off the frame when it is the last epoch
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 # ---- markdown --------------------------------------------------------------------------------------------
 def metrics_markdown(metrics: dict, heading: str = "##") -> list[str]:
-    """Headline table, per-class table and the two evaluation plots (relative links)."""
-    if metrics.get("task") in ("multi_label", "regression"):
-        from sentune.evaluation.task_report import markdown
+    """The task's headline table, per-class / per-label tables and its evaluation plots (relative links)."""
+    return MARKDOWN[type(tasks.task_of_metrics(metrics))](metrics, heading)
 
-        return markdown(metrics, heading)
+
+def _class_markdown(metrics: dict, heading: str) -> list[str]:
+    """Headline table, per-class table and the two evaluation plots."""
     lines = [
         "| metric | value |", "|---|---|",
         f"| accuracy | {metrics['accuracy']:.4f} |",
@@ -147,15 +46,29 @@ def metrics_markdown(metrics: dict, heading: str = "##") -> list[str]:
     return lines
 
 
-def write_eval_plots(out_dir: str | Path, metrics: dict) -> None:
-    out_dir = Path(out_dir)
-    if metrics.get("task") in ("multi_label", "regression"):
-        from sentune.evaluation.task_report import write_plots
+def _value_markdown(metrics: dict, heading: str) -> list[str]:
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {metrics[key]:.4f} |" for key, name in
+              (("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"), ("pearson", "Pearson"), ("spearman", "Spearman"))]
+    return lines + [f"| examples | {metrics['n']} |", "", "![predicted vs true](scatter.png)", "",
+                    "![residuals](residuals.png)", ""]
 
-        return write_plots(out_dir, metrics)
-    plot_confusion(metrics["confusion_matrix"], metrics["label_names"], out_dir / "confusion_matrix.png")
-    if metrics.get("reliability"):
-        plot_reliability_table(metrics["reliability"], out_dir / "reliability.png")
+
+def _label_set_markdown(metrics: dict, heading: str) -> list[str]:
+    half = metrics.get("at_0.5") or {}
+    tuned = "tuned thresholds" if metrics.get("thresholds") else "0.5"
+    lines = [f"| metric | at {tuned} |" + (" at 0.5 |" if half else ""), "|---|---|" + ("---|" if half else "")]
+    for key, name in (("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"), ("samples_f1", "samples-F1"),
+                      ("hamming_loss", "Hamming loss"), ("subset_accuracy", "subset accuracy")):
+        lines.append(f"| {name} | {metrics[key]:.4f} |" + (f" {half[key]:.4f} |" if half else ""))
+    lines += [f"| examples | {metrics['n']} |" + (" |" if half else ""), "", f"{heading} Per label", "",
+              "![F1 per label](per_label_f1.png)", "",
+              "| label | threshold | precision | recall | F1 | support | tp | fp | fn | tn |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in metrics["per_label"].items():
+        lines.append(f"| {name} | {r['threshold']:.2f} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} "
+                     f"| {r['support']} | {r['tp']} | {r['fp']} | {r['fn']} | {r['tn']} |")
+    return lines + [""]
 
 
 def write_eval_report(out_dir: str | Path, metrics: dict, title: str | None = None) -> Path:
@@ -265,13 +178,7 @@ def _data_section(manifest: dict) -> list[str]:
     for split, info in data.items():
         info = info or {}
         counts = info.get("label_counts") or {}
-        if manifest.get("task", "single_label") != "single_label":
-            from sentune.evaluation.task_report import balance_cell
-
-            balance = balance_cell(manifest["task"], counts)
-        else:
-            total = sum(counts.values()) or 1
-            balance = ", ".join(f"{name} {count} ({count / total:.1%})" for name, count in counts.items())
+        balance = BALANCE[type(tasks.task_of_metrics(manifest))](counts)
         lines.append(f"| {split} | {info.get('rows', '')} | {balance} | `{info.get('source', '')}` | "
                      f"`{str(info.get('fingerprint', ''))[:12]}` |")
     return lines + [""]
@@ -281,9 +188,9 @@ def _training_section(run_dir: Path, rows: list[dict], best: int | None, cfg: di
     if not rows:
         return ["## Training", "", "No epoch finished (metrics.jsonl is empty).", ""]
     metric_name = (cfg.get("train") or {}).get("select_metric", "accuracy")
-    task = (cfg.get("data") or {}).get("task", "single_label")
     # outside single-label, accuracy means little: the curve and the table show the selection metric
-    column = "acc" if task in ("single_label", "auto") else metric_name
+    task = tasks.task_of_metrics(cfg.get("data") or {})
+    column = "acc" if "accuracy" in task.select_metrics else metric_name
     plot_curves(rows, best, run_dir / "curves.png",
                 ("acc", "Accuracy") if column == "acc" else (column, column.replace("_", "-")))
     seconds = [row["epoch_seconds"] for row in rows if row.get("epoch_seconds") is not None]
@@ -309,3 +216,24 @@ def _training_section(run_dir: Path, rows: list[dict], best: int | None, cfg: di
 
 def _fmt(value, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _class_balance(counts: dict) -> str:
+    total = sum(counts.values()) or 1
+    return ", ".join(f"{name} {count} ({count / total:.1%})" for name, count in counts.items())
+
+
+def _value_balance(counts: dict) -> str:
+    return f"mean {counts['mean']:.4g}, std {counts['std']:.4g}, {counts['min']:.4g}..{counts['max']:.4g}"
+
+
+def _label_set_balance(counts: dict) -> str:
+    positives = counts.get("positives") or {}
+    top = sorted(positives.items(), key=lambda kv: -kv[1])[:5]
+    shown = ", ".join(f"{name} {count}" for name, count in top)
+    return f"{counts['two_or_more']} with 2+ labels, {counts['no_label']} with none; most frequent: {shown}"
+
+
+MARKDOWN = {tasks.SingleLabel: _class_markdown, tasks.MultiLabel: _label_set_markdown,
+            tasks.Regression: _value_markdown}
+BALANCE = {tasks.SingleLabel: _class_balance, tasks.MultiLabel: _label_set_balance, tasks.Regression: _value_balance}

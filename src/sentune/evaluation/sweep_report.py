@@ -12,7 +12,7 @@ import json
 import warnings
 from pathlib import Path
 
-from sentune import rundir
+from sentune import rundir, tasks
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice")
 
@@ -88,8 +88,7 @@ def _best_section(final: dict | None, metric: str) -> list[str]:
              + ", ".join(f"`{k}={_fmt(v)}`" for k, v in final["params"].items()) + ".", ""]
     test = final.get("test")
     if test:
-        lines += [f"Test (once): accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, "
-                  f"macro-recall {test['macro_recall']:.4f}, n={test['n']}. Weights: `best/`.", ""]
+        lines += [f"Test (once): {tasks.task_of_metrics(test).headline(test)}. Weights: `best/`.", ""]
     return lines
 
 

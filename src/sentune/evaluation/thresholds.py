@@ -6,14 +6,14 @@ appears 77 times rarely pushes it past 0.5. `tune_thresholds` searches a grid fo
 - one threshold per label that maximises that label's F1, where the label has at least `min_positives`
   validation positives; labels with fewer fall back to the global one (a threshold fitted on three
   examples is noise).
-The result is stored as `sentune.thresholds` in the model folder's config.json; `Classifier`, `predict`,
+The result is stored as `sentune.thresholds` in the model folder's config.json (by the caller: training's
+finish and `sentune calibrate`; this module is only the search); `Classifier`, `predict`,
 `serve`, the web page and the ONNX runner all decide label sets with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -46,10 +46,3 @@ def tune_thresholds(probs, labels, label_names: Sequence[str], min_positives: in
             fallback.append(name)
     return {"global": best_global, "per_label": per_label, "fallback": fallback,
             "min_positives": int(min_positives), "n": int(len(y))}
-
-
-def store_thresholds(model_dir: str | Path, thresholds: dict) -> Path:
-    """Write `sentune.thresholds` into config.json atomically."""
-    from sentune.evaluation.calibrate import store_setting
-
-    return store_setting(model_dir, "thresholds", thresholds)

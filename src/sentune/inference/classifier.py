@@ -38,7 +38,7 @@ class Settings:
     head_tokens: int = 128
     normalize_tweets: bool = False
     temperature: float | None = None
-    task: str = "single_label"  # from config.json's problem_type
+    task: tasks.Task = tasks.get_task("single_label")  # from config.json's problem_type (tasks.task_of)
     thresholds: dict | None = None  # multi-label decision thresholds ({"global", "per_label"}), tuned by training
     label_scale: dict | None = None  # regression: the training targets' mean/std (already folded into the head)
     long_text: str = "truncate"
@@ -249,7 +249,7 @@ class Classifier:
         return list(self.settings.labels)
 
     @property
-    def task(self) -> str:
+    def task(self) -> tasks.Task:
         return self.settings.task
 
     @property

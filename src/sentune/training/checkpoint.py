@@ -42,10 +42,18 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # batches each process has finished in epoch `epoch + 1` (mid-epoch checkpoints)
     partial: list[float] | None = None  # that epoch's running [loss * n, correct, n], summed over processes
-    best_acc: float = -1.0
+    best_score: float = -1.0  # the selection score of the best epoch, times tasks.sign (so higher is better)
     best_epoch: int | None = None
     stale: int = 0  # epochs since the last improvement
     history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainState:
+        """A state.json's state; checkpoints written before the rename hold the same number as best_acc."""
+        saved = dict(saved)
+        if "best_acc" in saved:
+            saved["best_score"] = saved.pop("best_acc")
+        return cls(**saved)
 
 
 # ---- --resume: the run's own config --------------------------------------------------------------------
@@ -136,7 +144,7 @@ def restore(p) -> TrainState:
         p.scheduler.load_state_dict(blob["scheduler"])
     if acc.scaler is not None and blob["scaler"] is not None:
         acc.scaler.load_state_dict(blob["scaler"])
-    state = TrainState(**meta["state"])
+    state = TrainState.from_dict(meta["state"])
     if acc.is_main_process:  # the checkpoint's history is the truth: drop rows of epochs it did not reach
         lines = "".join(json.dumps(row, default=str) + "\n" for row in state.history)
         rundir.atomic_write_text(p.run_dir / "metrics.jsonl", lines)

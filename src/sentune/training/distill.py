@@ -7,7 +7,8 @@
 
 The student's run directory is an ordinary one (config.yaml, manifest.json, metrics.jsonl, best/,
 final_metrics.json) plus `student-init/` (layers:K), `distill.json` and `distill.md`. Everything that differs
-by task comes from tasks.py: the soft loss, the labels' loss, the teacher's labels for unlabelled text.
+by task comes from the task object (tasks.py): the soft loss, the labels' loss, the teacher's labels for
+unlabelled text.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class DistillationLoss(ExampleLoss):
     """alpha x the soft loss against the teacher's outputs (every example) + (1 - alpha) x the task's own loss
     on the labelled examples (the first `labelled` of the transfer set; the rest are unlabelled text)."""
 
-    def __init__(self, task: str, label_loss: torch.nn.Module, teacher: torch.Tensor, labelled: int,
+    def __init__(self, task: tasks.Task, label_loss: torch.nn.Module, teacher: torch.Tensor, labelled: int,
                  alpha: float, temperature: float):
         super().__init__()
         self.task, self.label_loss, self.alpha, self.temperature = task, label_loss, alpha, temperature
@@ -54,7 +55,7 @@ class DistillationLoss(ExampleLoss):
         self.labelled = labelled
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        soft = tasks.soft_loss(self.task, logits, self.teacher[index], self.temperature)
+        soft = self.task.soft_loss(logits, self.teacher[index], self.temperature)
         keep = index < self.labelled
         if self.alpha >= 1.0 or not bool(keep.any()):
             return soft
@@ -171,7 +172,7 @@ def with_unlabeled(splits, texts: list[str], logits: np.ndarray, teacher_best: P
 
     meta = rundir.read_json(teacher_best / "config.json").get("sentune", {})
     thresholds = tasks.threshold_vector(meta.get("thresholds"), splits.label_names)
-    labels = tasks.teacher_labels(splits.task, tasks.rescale(logits, splits.label_scale), thresholds)
+    labels = splits.task.teacher_labels(tasks.rescale(logits, splits.label_scale), thresholds)
     splits.train = concatenate_datasets([splits.train, to_dataset(texts, labels, task=splits.task)])
     info = dict(splits.sources["train"])
     info.update(source=f"{info['source']} + {len(texts):,} unlabelled texts from {source} (the teacher's labels)",
@@ -219,6 +220,6 @@ def teacher_key(teacher_best: Path, texts: list[str], precision: str) -> str:
 def distillation_loss(cfg: Config, splits, teacher_logits: np.ndarray, labelled: int, alpha: float,
                       temperature: float) -> DistillationLoss:
     label_rows = torch.tensor(list(splits.train["label"][:labelled]))
-    label_loss = tasks.make_loss(splits.task, cfg.train, label_rows, len(splits.label_names))
+    label_loss = splits.task.loss(cfg.train, label_rows, len(splits.label_names))
     return DistillationLoss(splits.task, label_loss, torch.from_numpy(np.asarray(teacher_logits, np.float32)),
                             labelled, alpha, temperature)

@@ -71,11 +71,10 @@ def measure(role: str, folder: Path, splits, cfg, metric: str) -> dict:
 def split_score(clf, metric: str, split, scores: np.ndarray, splits) -> float:
     """The selection metric on one split: labels back in the data's units (a regression's are standardised in
     the splits), the model's scores as predict gives them, multi-label at the model's own thresholds."""
-    from sentune.evaluation.task_metrics import all_metrics
+    from sentune.evaluation.metrics import score
 
     labels = tasks.unscale(list(split["label"]), splits.label_scale)
-    metrics = all_metrics(clf.task, labels, scores, clf.labels, clf.settings.thresholds)
-    return float(metrics[metric])
+    return float(score(clf.task, labels, scores, clf.labels, clf.settings.thresholds)[metric])
 
 
 # ---- what is written -------------------------------------------------------------------------------------

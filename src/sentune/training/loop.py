@@ -13,7 +13,6 @@ a resumable checkpoint (checkpoint.py, `--resume`); Ctrl-C stops at a step bound
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,15 +21,14 @@ from tqdm.auto import tqdm
 from sentune import model as model_lib
 from sentune import rundir, tasks
 from sentune.config import Config
-from sentune.evaluation.metrics import selection_key, selection_score
+from sentune.evaluation.metrics import selection_key
 from sentune.training import checkpoint, guards, tracking
 from sentune.training.checkpoint import TrainState
+from sentune.training.eval_pass import METRIC_NAMES, evaluate, scored_evaluate
+from sentune.training.finish import finish, save_best
 from sentune.training.prepare import ExampleLoss, Prepared, Shared, prepare
 
 __all__ = ["TrainState", "evaluate", "fit", "run"]
-
-METRIC_NAMES = {"accuracy": "acc", "macro_recall": "macro-recall", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
-                "samples_f1": "samples-F1", "rmse": "RMSE", "pearson": "Pearson", "spearman": "Spearman"}
 
 
 def run(cfg: Config) -> Path:
@@ -88,7 +86,7 @@ def train_and_evaluate(p: Prepared, state: TrainState, epoch: int) -> dict:
         f"val_{metric}": val and val[metric], f"test_{metric}": test and test[metric]}
     return extra | {
         "epoch": epoch,
-        "train_loss": tr["loss"], "train_acc": tr["acc"] if p.splits.task != "regression" else None,
+        "train_loss": tr["loss"], "train_acc": tr["acc"] if p.splits.task.has_accuracy else None,
         "val_loss": val and val["loss"], "val_acc": val and val["acc"],
         "test_loss": test and test["loss"], "test_acc": test and test["acc"],
         "epoch_seconds": time.perf_counter() - t0,
@@ -96,24 +94,6 @@ def train_and_evaluate(p: Prepared, state: TrainState, epoch: int) -> dict:
         "train_samples_per_second": tr["n"] / train_s if train_s > 0 else None,
         "lr_head": p.optimizer.param_groups[-1]["lr"],
     }
-
-
-def scored_evaluate(p: Prepared, split: str) -> dict:
-    """evaluate() plus the --select-metric score when it is not accuracy (that one needs every prediction)."""
-    metric, task = p.cfg.train.select_metric, p.splits.task
-    if metric == "accuracy":
-        return evaluate(p, split)
-    out = evaluate(p, split, with_probs=True)  # gathered on every process, so all agree on the score
-    labels, scores = list(getattr(p.splits, split)["label"]), out.pop("probs").numpy()
-    if task == "single_label":
-        out[metric] = selection_score(metric, labels, scores.argmax(-1))
-    else:
-        from sentune.evaluation.task_metrics import selection_score as task_score
-
-        out[metric] = task_score(task, metric, labels, scores, p.splits.label_scale)
-    if task == "regression":
-        out["acc"] = None
-    return out
 
 
 def train_epoch(p: Prepared, state: TrainState, epoch: int) -> dict:
@@ -181,7 +161,7 @@ def train_step(p: Prepared, batch: dict, sync: bool, epoch: int, step: int) -> t
         if p.scheduler is not None:
             p.scheduler.step()
         p.optimizer.zero_grad(set_to_none=True)
-    correct = tasks.hits(p.splits.task, logits, batch["labels"])
+    correct = p.splits.task.hits(logits, batch["labels"])
     return torch.stack([loss.detach().float() * n, correct, torch.tensor(float(n), device=acc.device)])
 
 
@@ -199,148 +179,16 @@ def save_mid_epoch(p: Prepared, state: TrainState, done: int, sums: torch.Tensor
     checkpoint.save(p, state)
 
 
-@torch.no_grad()
-def evaluate(p: Prepared, split: str, with_probs: bool = False) -> dict:
-    """Loss and accuracy on one split, sharded across processes; probabilities in input order if asked."""
-    acc, k, task = p.accelerator, p.cfg.model.freeze_layers, p.splits.task
-    model = acc.unwrap_model(p.model)  # no DDP hooks: ranks may run different numbers of eval batches
-    model.eval()
-    sums = torch.zeros(3, device=acc.device)
-    probs, index = [], []
-    for batch in p.feeds[split].batches(0, rank=acc.process_index, world_size=acc.num_processes):
-        batch = {name: t.to(acc.device) for name, t in batch.items()}
-        with acc.autocast():
-            logits = model_lib.forward_logits(model, batch, k).float()
-        n = batch["labels"].shape[0]
-        loss = tasks.eval_loss_sum(task, logits, batch["labels"])
-        sums += torch.stack([loss, tasks.hits(task, logits, batch["labels"]),
-                             torch.tensor(float(n), device=acc.device)])
-        if with_probs:
-            probs.append(tasks.torch_scores(task, logits).cpu())
-            index.append(batch["index"].cpu())
-    total = acc.reduce(sums, reduction="sum")
-    out = {"loss": (total[0] / total[2]).item(), "acc": (total[1] / total[2]).item(), "n": int(total[2].item())}
-    if with_probs:
-        out["probs"] = gather_in_order(acc, probs, index, model.config.num_labels)
-    return out
-
-
-def gather_in_order(acc, probs: list[torch.Tensor], index: list[torch.Tensor], num_labels: int) -> torch.Tensor:
-    """Every process's probabilities, rows put back in example order.
-
-    A process may have had no batch at all (a split with fewer batches than processes): it still joins the
-    gather with empty tensors, since a process that skips a collective leaves the others waiting for ever.
-    """
-    from accelerate.utils import gather_object
-
-    mine = (torch.cat(index) if index else torch.empty(0, dtype=torch.long),
-            torch.cat(probs) if probs else torch.empty(0, num_labels))
-    pairs = gather_object([mine]) if acc.num_processes > 1 else [mine]
-    idx = torch.cat([i for i, _ in pairs])
-    out = torch.empty(len(idx), num_labels)
-    out[idx] = torch.cat([pr for _, pr in pairs])
-    return out
-
-
 def select(state: TrainState, row: dict, key: str) -> bool:
-    """Early-stopping bookkeeping on the selection score (`state.best_acc` holds it, whichever metric it is,
+    """Early-stopping bookkeeping on the selection score (`state.best_score` holds it, whichever metric it is,
     negated for errors such as RMSE, so higher is always better); True when this epoch is the new best."""
     sign = tasks.sign(key.split("_", 1)[1])  # val_rmse -> rmse
     metric = row.get(key)
-    if metric is not None and (state.best_epoch is None or sign * metric > state.best_acc):
-        state.best_acc, state.best_epoch, state.stale = sign * metric, row["epoch"], 0
+    if metric is not None and (state.best_epoch is None or sign * metric > state.best_score):
+        state.best_score, state.best_epoch, state.stale = sign * metric, row["epoch"], 0
         return True
     state.stale += 1
     return False
-
-
-def save_best(p: Prepared) -> None:
-    p.accelerator.wait_for_everyone()
-    if p.is_main:
-        model = p.accelerator.unwrap_model(p.model)
-        rundir.atomic_dir(p.run_dir / "best", lambda d: save_model(p, model, d))
-    p.accelerator.wait_for_everyone()
-
-
-def save_model(p: Prepared, model, folder) -> None:
-    """save_pretrained, with a regression target's scale folded into the head for the saved copy only
-    (best/ answers in the original units; training goes on in standardised ones)."""
-    tasks.fold_scale(model, p.splits.label_scale)
-    try:
-        model.save_pretrained(folder)
-    finally:
-        tasks.fold_scale(model, p.splits.label_scale, inverse=True)
-    p.tokenizer.save_pretrained(folder)
-
-
-def reload_best(p: Prepared) -> None:
-    from safetensors.torch import load_file
-
-    # read on the CPU ("cpu:0", a multi-process CPU device, is not a device safetensors knows); copied in place
-    state = load_file(str(p.run_dir / "best" / "model.safetensors"))
-    model = p.accelerator.unwrap_model(p.model)
-    model.load_state_dict(state, strict=False)
-    tasks.fold_scale(model, p.splits.label_scale, inverse=True)  # back to the units the feeds hold
-
-
-def finish(p: Prepared, state: TrainState, stopped_early: bool) -> None:
-    tag = "val" if p.cfg.train.select_on == "validation" else "test"
-    name = METRIC_NAMES[p.cfg.train.select_metric]
-    if stopped_early:
-        p.log("Early stopping.")
-    best = tasks.sign(p.cfg.train.select_metric) * state.best_acc
-    p.log(f"Best {tag} {name}: {best:.4f} (epoch {state.best_epoch})")
-    p.log("Applying optimal model weights.")
-    p.accelerator.wait_for_everyone()
-    reload_best(p)
-    if p.splits.task != "single_label":
-        from sentune.training.finish_tasks import finish_task
-
-        final = finish_task(p)
-    else:
-        final = final_test_metrics(p)
-        if final is not None:
-            p.log(f"Test acc of the selected weights: {final['accuracy']:.4f} (n={final['n']})")
-    if p.is_main:
-        write_summary(p, state, final, stopped_early)
-    p.log(f"Run directory: {p.run_dir}")
-
-
-def final_test_metrics(p: Prepared) -> dict | None:
-    if not p.feeds.get("test"):
-        return None
-    out = evaluate(p, "test", with_probs=True)
-    if not p.is_main:
-        return None
-    from sentune.evaluation.metrics import compute_metrics
-
-    labels = torch.tensor(p.splits.test["label"])
-    metrics = compute_metrics(labels.numpy(), out["probs"].numpy(), p.splits.label_names)
-    if p.is_main:
-        rundir.atomic_write_json(p.run_dir / "final_metrics.json", metrics)
-        # per test text, so a subset (e.g. texts longer than one window: bench/long_text.py) can be scored later
-        rundir.atomic_write_json(p.run_dir / "test_probs.json", {"label": labels.tolist(),
-                                                                 "probs": out["probs"].tolist()})
-    return metrics
-
-
-def write_summary(p: Prepared, state: TrainState, final: dict | None, stopped_early: bool) -> None:
-    manifest = rundir.read_json(p.run_dir / "manifest.json")
-    manifest.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), best_epoch=state.best_epoch,
-                    best_acc=state.best_acc, selected_on=p.cfg.train.select_on,
-                    select_metric=p.cfg.train.select_metric, stopped_early=stopped_early,
-                    test_acc=final and final.get("accuracy"), task=p.splits.task,
-                    state=asdict(state) | {"history": None})
-    rundir.atomic_write_json(p.run_dir / "manifest.json", manifest)
-    from sentune.card import write_card
-
-    write_card(p.run_dir)  # best/README.md: the model card travels with the weights (and to the Hub)
-    try:
-        from sentune.evaluation.report import write_training_report
-
-        write_training_report(p.run_dir)
-    except ImportError:  # report module not available
-        pass
 
 
 def epoch_line(row: dict) -> str:

@@ -13,9 +13,8 @@ import torch
 
 from sentune import config as config_lib
 from sentune import model as model_lib
-from sentune import pooling, rundir, tasks
+from sentune import pooling, rundir
 from sentune.config import Config
-from sentune.data import labels as label_lib
 from sentune.data import splits as data
 from sentune.data import windows as windows_lib
 from sentune.errors import ConfigError
@@ -86,7 +85,7 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
                                                                              cfg.train.select_on)
     say(settle_task(cfg, splits))
     say(data_summary(splits))
-    model, tokenizer = model_lib.load_model(cfg.model, splits.label_names, tasks.PROBLEM_TYPES[splits.task])
+    model, tokenizer = model_lib.load_model(cfg.model, splits.label_names, splits.task.problem_type)
     model.config.sentune = inference_settings(cfg, splits)
     if cfg.data.long_text == "windows":
         pooling.attach_pool(model, cfg.data.pool)  # before freezing and the optimizer: the pool trains
@@ -141,8 +140,8 @@ def settle_task(cfg: Config, splits) -> str:
     """Store the detected task (and the select metric that fits it) in the config, so config.yaml and
     --resume keep them; returns the line that says what was chosen."""
     detected = cfg.data.task == "auto"
-    cfg.data.task = splits.task
-    cfg.train.select_metric = tasks.select_metric(splits.task, cfg.train.select_metric)
+    cfg.data.task = str(splits.task)  # the plain name: config.yaml is written with yaml.safe_dump
+    cfg.train.select_metric = splits.task.select_metric(cfg.train.select_metric)
     how = "detected from the labels" if detected else "from --task"
     return f"Task: {splits.task} ({how}); selecting on {cfg.train.select_metric}"
 
@@ -245,8 +244,8 @@ def loss_maker(shared: Shared | None):
 
 
 def make_loss(cfg: Config, splits) -> torch.nn.Module:
-    """The task's loss (tasks.make_loss): cross-entropy, BCE with logits, or MSE / Huber."""
-    return tasks.make_loss(splits.task, cfg.train, torch.tensor(list(splits.train["label"])), len(splits.label_names))
+    """The task's loss: cross-entropy, BCE with logits, or MSE / Huber."""
+    return splits.task.loss(cfg.train, torch.tensor(list(splits.train["label"])), len(splits.label_names))
 
 
 def make_scheduler(cfg: Config, optimizer, batches_per_epoch: int):
@@ -262,30 +261,13 @@ def make_scheduler(cfg: Config, optimizer, batches_per_epoch: int):
 def data_summary(splits) -> str:
     sizes = ", ".join(f"{name} {v['rows']:,}" for name, v in splits.sources.items())
     line = f"Data: {sizes}; labels: {', '.join(splits.label_names)}"
-    if splits.task == "multi_label":
-        parts = []
-        for name in splits.sources:
-            info = label_lib.label_summary("multi_label", list(getattr(splits, name)["label"]))
-            parts.append(f"{name} {info['no_label']:,} with no label, {info['two_or_more']:,} with 2+")
-        line += "\nLabel sets: " + "; ".join(parts)
-    if splits.task == "regression":
-        scale = splits.label_scale
-        line += f"\nTarget scale: {scale['method']} (train mean {scale['mean']:.4g}, std {scale['std']:.4g})"
-    return line
+    counts = {name: label_counts(splits, name) for name in splits.sources}
+    return line + splits.task.data_note(counts, splits.label_scale)
 
 
 def label_counts(splits, name: str) -> dict:
     """Per split: rows per class, positives per label (plus empty / 2+ rows), or the target's spread."""
-    labels = list(getattr(splits, name)["label"])
-    if splits.task == "single_label":
-        counts = torch.bincount(torch.tensor(labels), minlength=len(splits.label_names)).tolist()
-        return dict(zip(splits.label_names, counts, strict=True))
-    if splits.task == "regression":
-        labels = tasks.unscale(labels, splits.label_scale).tolist()  # the manifest speaks the data's units
-    info = label_lib.label_summary(splits.task, labels)
-    if splits.task == "multi_label":
-        info["positives"] = dict(zip(splits.label_names, info["positives"], strict=True))
-    return info
+    return splits.task.label_counts(list(getattr(splits, name)["label"]), splits.label_names, splits.label_scale)
 
 
 def write_start(p: Prepared) -> None:

@@ -12,6 +12,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -29,7 +30,9 @@ class Surplus(Exception):
     """Two processes asked for a trial at the same moment and N were already finished or running."""
 
 
-def open_study(sweep_dir: Path, opts, params: list, seed: int, epochs: int) -> optuna.Study:
+def open_study(sweep_dir: Path, opts, params: list, seed: int, epochs: int,
+               direction: Literal["maximize", "minimize"] = "maximize") -> optuna.Study:
+    """The sweep's study; `direction`: the selection metric's (minimize for errors such as RMSE)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own line per trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = opts.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
@@ -40,7 +43,7 @@ def open_study(sweep_dir: Path, opts, params: list, seed: int, epochs: int) -> o
                 url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES))
             return optuna.create_study(storage=storage, study_name=opts.study_name or sweep_dir.name,
-                                       direction="maximize", load_if_exists=True,
+                                       direction=direction, load_if_exists=True,
                                        sampler=make_sampler(opts, params, seed), pruner=make_pruner(opts, epochs))
         except (ImportError, ValueError) as e:  # no driver for the URL's database, or a malformed URL
             hint = ("; for PostgreSQL: pip install psycopg2-binary and write postgresql+psycopg2://..."

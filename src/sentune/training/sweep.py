@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from sentune import config as config_lib
-from sentune import rundir
+from sentune import rundir, tasks
 from sentune.config import Config
 from sentune.errors import ConfigError, SentuneError, WriteError
 from sentune.evaluation.metrics import selection_key
 from sentune.training import space as space_lib
 from sentune.training import study as study_lib
+from sentune.training.prepare import settle_task
 
 POLL_SECONDS = 2.0  # how often a process waiting for other processes' trials looks at the study again
 
@@ -85,11 +86,14 @@ def sweep(cfg: Config | None, space: dict | str | None = None, n_trials: int | N
         raw_space = space if isinstance(space, dict) else space_lib.read_space(space)
         opts = SweepOptions(n_trials=20 if n_trials is None else n_trials, **options)
     params = check(cfg, raw_space, opts)
+    splits = load_trial_splits(cfg)
+    print(settle_task(cfg, splits[0]))  # the task and its selection metric, decided once for every trial
     sweep_dir = Path(cfg.run.output_dir or rundir.default_dir(f"sweep-{cfg.run.preset or 'run'}"))
     write_sweep(sweep_dir, cfg, raw_space, opts)
-    study = study_lib.open_study(sweep_dir, opts, params, cfg.train.seed, cfg.train.epochs)
+    study = study_lib.open_study(sweep_dir, opts, params, cfg.train.seed, cfg.train.epochs,
+                                 "maximize" if tasks.sign(cfg.train.select_metric) > 0 else "minimize")
     study_lib.fail_orphans(study)
-    trials = Trials(cfg, params, sweep_dir, load_trial_splits(cfg), opts, new_store())
+    trials = Trials(cfg, params, sweep_dir, splits, opts, new_store())
     run_trials(study, trials)
     return finalize(study, trials)
 
@@ -194,7 +198,7 @@ def objective(trial, trials: Trials) -> float:
         with trial_log(run_dir):
             _, state = loop.fit(cfg, shared)
         trial.set_user_attr("best_epoch", state.best_epoch)
-        return state.best_acc
+        return tasks.sign(cfg.train.select_metric) * state.best_score  # the metric itself (study direction)
     except KeyboardInterrupt:  # Ctrl-C: the trial is failed; queue its values again for --resume
         trial.set_user_attr("error", "interrupted (Ctrl-C); its parameters are queued again")
         trial.study.enqueue_trial(values)
@@ -285,8 +289,9 @@ def copy_tree(source: Path, target: Path) -> None:
 
 
 def test_once(best_dir: Path, splits, best, cfg: Config) -> dict:
-    """The chosen weights on the test split, the only time the sweep reads it."""
-    from sentune.evaluation.metrics import compute_metrics, selection_score
+    """The chosen weights on the test split, the only time the sweep reads it: the task's metrics at the
+    decision thresholds the trial tuned on validation, in a regression target's own units."""
+    from sentune.evaluation.metrics import score
     from sentune.inference.classifier import Classifier
 
     trial_splits, test = splits
@@ -294,15 +299,14 @@ def test_once(best_dir: Path, splits, best, cfg: Config) -> dict:
     if test is None:
         return out | {"test": None, "note": "no test split was given"}
     clf = Classifier.load(best_dir, backend="torch")
-    probs = clf.predict_proba(list(test["text"]), batch_size=cfg.train.eval_batch_size or 2 * cfg.train.batch_size)
-    metrics = compute_metrics(test["label"], probs, trial_splits.label_names)
-    metrics[cfg.train.select_metric] = selection_score(cfg.train.select_metric, test["label"], probs.argmax(-1))
-    return out | {"test": metrics}
+    scores = clf.predict_proba(list(test["text"]), batch_size=cfg.train.eval_batch_size or 2 * cfg.train.batch_size)
+    labels = tasks.unscale(list(test["label"]), trial_splits.label_scale)  # best/ answers in the data's units
+    return out | {"test": score(clf.task, labels, scores, trial_splits.label_names, clf.settings.thresholds)}
 
 
 def summary_line(best, final: dict, metric: str) -> str:
     test = final.get("test")
-    tail = f", test {metric} {test[metric]:.4f} (accuracy {test['accuracy']:.4f}, n={test['n']})" if test else ""
+    tail = f", test {metric} {test[metric]:.4f} ({tasks.task_of_metrics(test).headline(test)})" if test else ""
     return f"Best trial {best.number}: validation {metric} {best.value:.4f}{tail}; params {best.params}"
 
 
