@@ -263,3 +263,14 @@ def test_windowed_teacher_distils_into_a_windowed_student_with_the_same_pooling(
         "long_text": "windows", "stride": 4, "max_windows": 6, "pool": "attention"}
     text = json.loads(data["test"].read_text().splitlines()[0])["text"]
     assert Classifier.load(result.best_dir, precision="fp32").predict([text])[0]["windows"] > 1
+
+
+def test_a_student_that_keeps_the_teachers_frozen_bottom_reuses_its_frozen_layer_cache(tmp_path, capsys):
+    data = make_toy_files(tmp_path)
+    model = save_tiny(tmp_path / "tiny4", "bert", num_layers=4)
+    run = train_teacher(teacher_flags(model, data, tmp_path / "teacher", freeze_layers=1, cache="disk", epochs=2))
+    capsys.readouterr()
+    sentune.distill(run, "layers:0,2", min_retained=0.0, **student_flags(tmp_path / "student", epochs=1,
+                                                                          cache="disk"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("frozen-layer cache")]
+    assert len(lines) == 1 and "layers 0-0 of 2" in lines[0] and "reused train+validation+test" in lines[0], lines

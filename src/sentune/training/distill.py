@@ -71,6 +71,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 2.0, 
     teacher = Path(teacher_run)
     spec = parse_student(student)
     cfg = student_config(teacher, flags)
+    teacher_model = cfg.model.model  # a layers student's frozen bottom is this model's: its cache files serve both
     run_dir = Path(cfg.run.output_dir or "")
     rundir.check_creatable(run_dir)
     teacher_meta = rundir.read_json(teacher / "best" / "config.json")
@@ -84,7 +85,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 2.0, 
     splits, teacher_logits, cache_status = transfer_set(cfg, teacher / "best", unlabeled)
     labelled = len(splits.train) - (splits.sources["train"].get("unlabeled_rows") or 0)
     shared = Shared(splits=splits, checkpoints=False, make_loss=lambda c, s: distillation_loss(
-        c, s, teacher_logits, labelled, alpha, temperature))
+        c, s, teacher_logits, labelled, alpha, temperature), cache_model=teacher_model if chosen else None)
     from sentune.training.loop import fit
 
     fit(cfg, shared)

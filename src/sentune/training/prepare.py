@@ -30,7 +30,9 @@ class Shared:
     `splits`: loaded once, without the test split (a trial never sees it); `cache_store`: frozen-layer caches
     kept in memory across trials; `on_epoch(row)`: called after every epoch's metrics (the pruner's hook; it
     may raise to stop the trial); `checkpoints`: off for trials, which are retried whole rather than resumed;
-    `make_loss(cfg, splits)`: the training loss instead of the task's own (distillation).
+    `make_loss(cfg, splits)`: the training loss instead of the task's own (distillation); `cache_model`: the
+    model the frozen layers come from, when not --model (a distilled student's bottom layers are its teacher's,
+    so their cache files serve both).
     """
 
     splits: Any = None
@@ -38,6 +40,7 @@ class Shared:
     on_epoch: Any = None
     checkpoints: bool = True
     make_loss: Any = None
+    cache_model: str | None = None
 
 
 class ExampleLoss(torch.nn.Module):
@@ -95,7 +98,8 @@ def prepare(cfg: Config, shared: Shared | None = None) -> Prepared:
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
     feeds = build_feeds(cfg, splits, tokenizer, model.config.sentune["normalize_tweets"], say)
     check_train_batches(feeds["train"], acc.num_processes, cfg.train.batch_size)
-    feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None)
+    feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None,
+                        shared.cache_model if shared else None)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
                                     cfg.train.layer_decay, cfg.train.pooler, cfg.train.decay_norm_bias)
     optimizer = model_lib.make_optimizer(groups, acc.device.type)
@@ -204,7 +208,7 @@ def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
                      pad_to_multiple_of=cfg.train.pad_to_multiple_of, length_chunk=cfg.train.length_chunk)
 
 
-def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
+def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None, source: str | None = None) -> dict:
     k = cfg.model.freeze_layers
     if cfg.train.cache == "off" or k == 0:
         return feeds
@@ -212,7 +216,7 @@ def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
 
     # The cache hashes each split's exact token ids and the prefix weights itself, so another seed, LR or
     # epoch count over the same examples reuses it; only what is not in those ids needs naming here.
-    parts = {"model": cfg.model.model}
+    parts = {"model": source or cfg.model.model}
     log = print if acc.is_local_main_process else (lambda line: None)
     cache = functools.partial(cache_feeds, model, k, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
                               fingerprint_parts=parts, device=acc.device, store=store)
