@@ -195,10 +195,21 @@ def test_gate_refuses_a_student_that_keeps_too_little(teacher, tmp_path_factory,
 def test_bad_options_fail_before_any_work(teacher, tmp_path):
     run, _ = teacher
     for args, message in ((["--alpha", "2"], "--alpha"), (["--temperature", "0"], "--temperature"),
-                          (["--student", "layers:9"], "1..3")):
+                          (["--student", "layers:9"], "1..3"), (["--unlabeled", str(tmp_path / "none.txt")],
+                                                                  "none.txt: no such file")):
         argv = ["distill", str(run), "--student", "layers:2", "--output-dir", str(tmp_path / "x"), *args]
         result = CliRunner().invoke(main, argv)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_retention_and_a_gate_on_test_for_a_run_without_validation():
+    from sentune.training.distill_gate import gate_message, retention
+
+    assert retention(0.9, 0.81, "accuracy") == pytest.approx(0.9)
+    assert retention(1.0, 1.25, "rmse") == pytest.approx(0.8)  # an error: the teacher's over the student's
+    rows = [{"val": None, "test": 0.9, "metric": "accuracy"}, {"val": None, "test": 0.45, "metric": "accuracy"}]
+    message = gate_message({"rows": rows, "retained": 0.5, "min_retained": 0.98}, Path("run"))
+    assert "of the teacher's test accuracy (0.4500 vs 0.9000)" in message
 
 
 def test_a_sweep_directory_is_a_teacher_run(teacher, tmp_path):

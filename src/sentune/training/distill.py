@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from sentune import config as config_lib
+from sentune import model as model_lib
 from sentune import rundir, tasks
 from sentune.atomic import atomic_file
 from sentune.config import Config
-from sentune.errors import ConfigError, GateError
+from sentune.errors import ConfigError, DataError, GateError
 from sentune.training.distill_gate import compare, gate_message, write_outputs
 from sentune.training.distill_student import build_student, parse_student, student_freeze
 from sentune.training.prepare import ExampleLoss, Shared
@@ -67,7 +68,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 2.0, 
     """Distil the teacher run's best/ into `student` (layers:K | layers:0,2,4 | model:PATH); `flags`: any
     train setting by field name (epochs=3, lr_head=1e-3, output_dir=...), overriding the teacher run's config.
     Raises GateError (exit status 3) after writing everything when the student keeps under `min_retained`."""
-    check_options(temperature, alpha, min_retained)
+    check_options(temperature, alpha, min_retained, unlabeled)
     teacher = Path(teacher_run)
     spec = parse_student(student)
     cfg = student_config(teacher, flags)
@@ -78,9 +79,8 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 2.0, 
     cfg.model.model, chosen = build_student(spec, teacher / "best", run_dir, teacher_meta.get("sentune", {}).get(
         "label_scale"))
     if flags.get("freeze_layers") is None:
-        from sentune.training.sweep import model_depth
-
-        cfg.model.freeze_layers = student_freeze(spec, chosen, cfg.model.freeze_layers, model_depth(cfg.model))
+        cfg.model.freeze_layers = student_freeze(spec, chosen, cfg.model.freeze_layers,
+                                                 model_lib.model_depth(cfg.model))
     config_lib.validate(cfg)
     splits, teacher_logits, cache_status = transfer_set(cfg, teacher / "best", unlabeled)
     labelled = len(splits.train) - (splits.sources["train"].get("unlabeled_rows") or 0)
@@ -102,13 +102,15 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 2.0, 
     return result
 
 
-def check_options(temperature: float, alpha: float, min_retained: float) -> None:
+def check_options(temperature: float, alpha: float, min_retained: float, unlabeled: str | None) -> None:
     if not temperature > 0:
         raise ConfigError(f"--temperature must be > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"--alpha must be in [0, 1] (the distillation loss's share), got {alpha}")
     if not 0.0 <= min_retained <= 1.0:
         raise ConfigError(f"--min-retained must be in [0, 1] (a share of the teacher's score), got {min_retained}")
+    if unlabeled is not None and not Path(unlabeled).is_file():
+        raise DataError(f"--unlabeled {unlabeled}: no such file")
 
 
 # ---- the teacher run and the student's config ------------------------------------------------------------
@@ -154,7 +156,6 @@ def transfer_set(cfg: Config, teacher_best: Path, unlabeled: str | None):
 
 def unlabeled_texts(path: str | None, text_column: str) -> list[str]:
     from sentune.data.splits import read_texts
-    from sentune.errors import DataError
 
     if path is None:
         return []

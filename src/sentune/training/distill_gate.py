@@ -19,10 +19,12 @@ from sentune.atomic import atomic_write_text
 PREDICT_BATCH = 32  # sentune predict's default --batch-size: the speed a user of predict gets
 WARMUP_TEXTS = 8  # one small batch first, so neither model is charged its one-off start-up
 SPLITS = (("validation", "val"), ("test", "test"))
+SPLIT_NAMES = {"val": "validation", "test": "test"}
 
 
 def compare(teacher_best: Path, student_best: Path, splits, cfg) -> tuple[list[dict], float]:
-    """(the table's rows: teacher, student; the share of the teacher's validation score the student keeps)."""
+    """(the table's rows: teacher, student; the share of the teacher's validation score the student keeps, or
+    of its test score for a teacher run that selected on test and so has no validation split)."""
     metric = cfg.train.select_metric
     rows = [measure("teacher", teacher_best, splits, cfg, metric), measure("student", student_best, splits, cfg,
                                                                              metric)]
@@ -32,7 +34,11 @@ def compare(teacher_best: Path, student_best: Path, splits, cfg) -> tuple[list[d
             student[f"retained_{tag}"] = retention(teacher[tag], student[tag], metric)
             teacher[f"retained_{tag}"] = 1.0
     student["speedup"] = student["texts_per_s"] / teacher["texts_per_s"] if teacher["texts_per_s"] else None
-    return rows, student.get("retained_val", student.get("retained_test", 0.0))
+    return rows, student[f"retained_{gate_split(rows)}"]
+
+
+def gate_split(rows: list[dict]) -> str:
+    return "val" if rows[0]["val"] is not None else "test"
 
 
 def retention(teacher: float, student: float, metric: str) -> float:
@@ -100,15 +106,17 @@ def summary(record: dict) -> str:
     student = record["rows"][1]
     speed = f"{student['speedup']:.2f}x the teacher's texts/s" if student.get("speedup") else "speed not measured"
     verdict = "passes" if record["passed"] else "FAILS"
-    return (f"Student {record['student']} keeps {record['retained']:.1%} of the teacher's validation "
+    return (f"Student {record['student']} keeps {record['retained']:.1%} of the teacher's "
+            f"{SPLIT_NAMES[gate_split(record['rows'])]} "
             f"{student['metric']} ({verdict} --min-retained {record['min_retained']:.0%}); {speed} "
             f"({student['precision']}, whole batches of {PREDICT_BATCH})")
 
 
 def gate_message(record: dict, run_dir: Path) -> str:
     teacher, student = record["rows"]
-    return (f"the student keeps {record['retained']:.1%} of the teacher's validation {student['metric']} "
-            f"({student['val']:.4f} vs {teacher['val']:.4f}), below --min-retained {record['min_retained']}; "
+    tag = gate_split(record["rows"])
+    return (f"the student keeps {record['retained']:.1%} of the teacher's {SPLIT_NAMES[tag]} {student['metric']} "
+            f"({student[tag]:.4f} vs {teacher[tag]:.4f}), below --min-retained {record['min_retained']}; "
             f"it is in {run_dir} (table: {run_dir / 'distill.md'}). Train it longer (--epochs), keep more "
             "layers, add unlabelled transfer text (--unlabeled), or lower --min-retained")
 
