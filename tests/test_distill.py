@@ -236,7 +236,10 @@ def test_multi_label_student_soft_sigmoids_and_its_own_thresholds(tmp_path_facto
     data = task_files(root, multi_label_rows)
     model = save_tiny(root / "tiny", "bert", num_layers=3)
     run = train_teacher(teacher_flags(model, data, root / "teacher", epochs=8, patience=8))
-    result = sentune.distill(run, "layers:0,2", min_retained=0.0, **student_flags(root / "student", epochs=4))
+    more = write_jsonl(root / "more.jsonl", [{"text": r["text"]} for r in multi_label_rows(40, seed=9)])
+    result = sentune.distill(run, "layers:0,2", min_retained=0.0, unlabeled=str(more),
+                             **student_flags(root / "student", epochs=4))
+    assert json.loads((result.run_dir / "distill.json").read_text())["transfer_texts"] == 200
     saved = json.loads((result.best_dir / "config.json").read_text())
     assert saved["problem_type"] == "multi_label_classification" and saved["num_hidden_layers"] == 2
     assert set(saved["sentune"]["thresholds"]["per_label"]) == {"film", "neg", "pos"}  # tuned for the student
@@ -248,7 +251,10 @@ def test_regression_student_answers_in_the_datas_units(tmp_path_factory):
     data = task_files(root, regression_rows)
     model = save_tiny(root / "tiny", "bert", num_layers=3)
     run = train_teacher(teacher_flags(model, data, root / "teacher", label_column="score", epochs=8, patience=8))
-    result = sentune.distill(run, "layers:2", min_retained=0.0, **student_flags(root / "student", epochs=4))
+    more = write_jsonl(root / "more.jsonl", [{"text": r["text"]} for r in regression_rows(40, seed=9)])
+    result = sentune.distill(run, "layers:2", min_retained=0.0, unlabeled=str(more),
+                             **student_flags(root / "student", epochs=4))
+    assert json.loads((result.run_dir / "distill.json").read_text())["labelled"] == 160
     teacher_row, student_row = result.rows
     assert student_row["metric"] == "rmse" and student_row["retained_val"] == pytest.approx(
         teacher_row["val"] / student_row["val"])

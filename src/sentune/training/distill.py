@@ -69,19 +69,10 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 2.0, 
     train setting by field name (epochs=3, lr_head=1e-3, output_dir=...), overriding the teacher run's config.
     Raises GateError (exit status 3) after writing everything when the student keeps under `min_retained`."""
     check_options(temperature, alpha, min_retained, unlabeled)
-    teacher = Path(teacher_run)
-    spec = parse_student(student)
+    teacher, spec = Path(teacher_run), parse_student(student)
     cfg = student_config(teacher, flags)
     teacher_model = cfg.model.model  # a layers student's frozen bottom is this model's: its cache files serve both
-    run_dir = Path(cfg.run.output_dir or "")
-    rundir.check_creatable(run_dir)
-    teacher_meta = rundir.read_json(teacher / "best" / "config.json")
-    cfg.model.model, chosen = build_student(spec, teacher / "best", run_dir, teacher_meta.get("sentune", {}).get(
-        "label_scale"))
-    if flags.get("freeze_layers") is None:
-        cfg.model.freeze_layers = student_freeze(spec, chosen, cfg.model.freeze_layers,
-                                                 model_lib.model_depth(cfg.model))
-    config_lib.validate(cfg)
+    chosen = set_up_student(cfg, spec, teacher / "best", flags.get("freeze_layers") is None)
     splits, teacher_logits, cache_status = transfer_set(cfg, teacher / "best", unlabeled)
     labelled = len(splits.train) - (splits.sources["train"].get("unlabeled_rows") or 0)
     shared = Shared(splits=splits, checkpoints=False, make_loss=lambda c, s: distillation_loss(
@@ -89,17 +80,31 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 2.0, 
     from sentune.training.loop import fit
 
     fit(cfg, shared)
+    run_dir = Path(cfg.run.output_dir or "")
     rows, retained = compare(teacher / "best", run_dir / "best", splits, cfg)
-    passed = retained >= min_retained
     record = {"teacher": str(teacher.resolve()), "student": spec.describe(), "teacher_layers": chosen,
               "temperature": temperature, "alpha": alpha, "unlabeled": unlabeled, "transfer_texts": len(splits.train),
               "labelled": labelled, "teacher_outputs": cache_status, "min_retained": min_retained,
-              "retained": retained, "passed": passed, "rows": rows}
+              "retained": retained, "passed": retained >= min_retained, "rows": rows}
     write_outputs(run_dir, record)
-    result = DistillResult(run_dir, run_dir / "best", rows, retained, passed)
-    if not passed:
+    result = DistillResult(run_dir, run_dir / "best", rows, retained, record["passed"])
+    if not result.passed:
         raise GateError(gate_message(record, run_dir), result)
     return result
+
+
+def set_up_student(cfg: Config, spec, teacher_best: Path, default_freeze: bool) -> list[int]:
+    """Build the student (layers:K: saved in the run directory) and point --model at it; --freeze-layers when
+    not given; returns the teacher layers it took (none for model:PATH)."""
+    run_dir = Path(cfg.run.output_dir or "")
+    rundir.check_creatable(run_dir)
+    scale = rundir.read_json(teacher_best / "config.json").get("sentune", {}).get("label_scale")
+    cfg.model.model, chosen = build_student(spec, teacher_best, run_dir, scale)
+    if default_freeze:
+        cfg.model.freeze_layers = student_freeze(spec, chosen, cfg.model.freeze_layers,
+                                                 model_lib.model_depth(cfg.model))
+    config_lib.validate(cfg)
+    return chosen
 
 
 def check_options(temperature: float, alpha: float, min_retained: float, unlabeled: str | None) -> None:
