@@ -200,6 +200,8 @@ def test_bad_options_fail_before_any_work(teacher, tmp_path):
         argv = ["distill", str(run), "--student", "layers:2", "--output-dir", str(tmp_path / "x"), *args]
         result = CliRunner().invoke(main, argv)
         assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(main, ["distill", str(tmp_path), "--student", "layers:2"])
+    assert result.exit_code == 2 and "is not a finished run directory of train or sweep" in result.output
 
 
 def test_retention_and_a_gate_on_test_for_a_run_without_validation():
