@@ -204,6 +204,13 @@ def test_bad_options_fail_before_any_work(teacher, tmp_path):
     assert result.exit_code == 2 and "is not a finished run directory of train or sweep" in result.output
 
 
+def test_distill_under_a_launcher_is_refused(teacher, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="one process"):
+        sentune.distill(teacher[0], "layers:2", output_dir=str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
 def test_retention_and_a_gate_on_test_for_a_run_without_validation():
     from sentune.training.distill_gate import gate_message, retention
 

@@ -116,6 +116,11 @@ def check_options(temperature: float, alpha: float, min_retained: float, unlabel
         raise ConfigError(f"--min-retained must be in [0, 1] (a share of the teacher's score), got {min_retained}")
     if unlabeled is not None and not Path(unlabeled).is_file():
         raise DataError(f"--unlabeled {unlabeled}: no such file")
+    from sentune.inference.shard import launched_processes
+
+    if launched_processes() > 1:  # the teacher's pass and the timed comparison would run (and race) in each
+        raise ConfigError("distill runs as one process (one GPU or the CPU); start it without torchrun / "
+                          "accelerate launch")
 
 
 # ---- the teacher run and the student's config ------------------------------------------------------------
