@@ -196,23 +196,25 @@ def with_unlabeled(splits, texts: list[str], logits: np.ndarray, teacher_best: P
 def teacher_outputs(teacher_best: Path, texts: list[str], cfg: Config) -> tuple[np.ndarray, dict]:
     """The teacher's logits on `texts` (original units), from the cache when this teacher has read these texts
     at this precision before; one file per (teacher weights, texts, precision), beside the frozen-layer cache."""
-    from sentune.inference.classifier import Classifier
+    from sentune.inference.classifier import Classifier, inference_precision, pick_device
     from sentune.training.cache import default_cache_dir
 
-    clf = Classifier.load(teacher_best, backend="torch", device=cfg.run.device, precision=cfg.train.precision)
-    key = teacher_key(teacher_best, texts, clf.precision)
+    device = pick_device(cfg.run.device)
+    precision = inference_precision(cfg.train.precision, "torch", device)
+    key = teacher_key(teacher_best, texts, precision)
     path = Path(cfg.train.cache_dir or default_cache_dir()) / f"teacher-{key}.npy"
     if path.is_file():
         print(f"Teacher outputs: {len(texts):,} texts, reused from {path}", flush=True)
-        return np.load(path), {"status": "reused", "file": str(path), "precision": clf.precision}
+        return np.load(path), {"status": "reused", "file": str(path), "precision": precision}
     start = time.perf_counter()
+    clf = Classifier.load(teacher_best, backend="torch", device=device, precision=precision)
     logits = clf.logits(texts, batch_size=cfg.train.eval_batch_size or 2 * cfg.train.batch_size)
     seconds = time.perf_counter() - start
-    print(f"Teacher outputs: {len(texts):,} texts in {seconds:.1f} s ({clf.precision})", flush=True)
+    print(f"Teacher outputs: {len(texts):,} texts in {seconds:.1f} s ({precision})", flush=True)
     if cfg.train.cache != "off":  # --cache off: nothing written outside the run directory
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_file(path, lambda tmp: save_array(tmp, logits))
-    return logits, {"status": "computed", "file": str(path), "seconds": round(seconds, 3), "precision": clf.precision}
+    return logits, {"status": "computed", "file": str(path), "seconds": round(seconds, 3), "precision": precision}
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -223,7 +225,9 @@ def save_array(path: Path, array: np.ndarray) -> None:
 def teacher_key(teacher_best: Path, texts: list[str], precision: str) -> str:
     digest = hashlib.sha256(f"sentune-teacher-v{TEACHER_FORMAT}\0{precision}\0".encode())
     for file in sorted(teacher_best.glob("*.safetensors")) + [teacher_best / "config.json"]:
-        digest.update(file.read_bytes())
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):  # weights of any size, 1 MiB at a time
+                digest.update(chunk)
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
     return digest.hexdigest()[:32]
