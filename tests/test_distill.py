@@ -195,7 +195,8 @@ def test_gate_refuses_a_student_that_keeps_too_little(teacher, tmp_path_factory,
 def test_bad_options_fail_before_any_work(teacher, tmp_path):
     run, _ = teacher
     for args, message in ((["--alpha", "2"], "--alpha"), (["--temperature", "0"], "--temperature"),
-                          (["--student", "layers:9"], "1..3"), (["--unlabeled", str(tmp_path / "none.txt")],
+                          (["--student", "layers:9"], "1..3"), (["--model", "x"], "--student model:PATH"),
+                          (["--unlabeled", str(tmp_path / "none.txt")],
                                                                   "none.txt: no such file")):
         argv = ["distill", str(run), "--student", "layers:2", "--output-dir", str(tmp_path / "x"), *args]
         result = CliRunner().invoke(main, argv)

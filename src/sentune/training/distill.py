@@ -143,6 +143,8 @@ def student_config(teacher: Path, flags: dict) -> Config:
     """The teacher run's config with the given train flags on top; a new run directory."""
     cfg = teacher_config(teacher)
     given = {k: v for k, v in flags.items() if v is not None}
+    if "model" in given:
+        raise ConfigError("distill takes the student as --student model:PATH (or layers:K), not --model")
     config_lib.apply(cfg, config_lib.nest(given), "flag")
     cfg.run.resume = None
     cfg.run.output_dir = given.get("output_dir") or str(rundir.default_dir(f"distill-{teacher.resolve().name}"))
