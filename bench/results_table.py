@@ -70,9 +70,11 @@ def summarize(run_dir: Path, label: str) -> dict:
     return {
         "label": label, "train": manifest["data"]["train"]["rows"], "freeze": cfg["model"]["freeze_layers"],
         "epochs": len(rows), "best": best, "acc": final["accuracy"],
-        # accuracy of the selected epoch (manifest["best_acc"] is the selection score, maybe macro-recall)
+        # accuracy of the selected epoch (manifest["best_score"], "best_acc" in older runs, is the selection
+        # score, maybe macro-recall)
         "val": next((r["val_acc"] for r in rows if r["epoch"] == best), None),
-        "val_selected": manifest.get("best_acc"), "select_metric": manifest.get("select_metric", "accuracy"),
+        "val_selected": manifest.get("best_score", manifest.get("best_acc")),
+        "select_metric": manifest.get("select_metric", "accuracy"),
         "macro_recall": final["macro_recall"], "macro_f1": final["macro_f1"], "n_test": final["n"],
         "cache": cache_note(log), **times,
         "data": tuple(manifest["data"].get(split, {}).get("fingerprint") for split in ("train", "validation", "test")),

@@ -202,7 +202,7 @@ def multi_label_url(tmp_path_factory):
 
     from conftest import save_tiny
 
-    from sentune.evaluation.thresholds import store_thresholds
+    from sentune.evaluation.calibrate import store_setting
     from sentune.inference.classifier import Classifier
     from sentune.serve import create_app
 
@@ -214,7 +214,8 @@ def multi_label_url(tmp_path_factory):
     (folder / "config.json").write_text(json.dumps(config))
     probs = Classifier.load(folder).predict_proba([MULTI_TEXT])[0]
     cut = {"joy": float(probs[0]) - 0.01, "love": float(probs[1]) + 0.01, "sadness": float(probs[2]) - 0.01}
-    store_thresholds(folder, {"global": 0.5, "per_label": cut, "fallback": [], "min_positives": 1, "n": 1})
+    store_setting(folder, "thresholds",
+                  {"global": 0.5, "per_label": cut, "fallback": [], "min_positives": 1, "n": 1})
     with running_server(create_app(Classifier.load(folder))) as url:
         yield url, cut
 

@@ -134,6 +134,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_bert_dir, f
     saved = json.loads((run / "checkpoint" / "state.json").read_text())["state"]
     assert (saved["epoch"], saved["step"]) == (1, 4)
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1]
+    # as a checkpoint written before best_acc became best_score: it resumes all the same
+    meta = json.loads((run / "checkpoint" / "state.json").read_text())
+    meta["state"]["best_acc"] = meta["state"].pop("best_score")
+    (run / "checkpoint" / "state.json").write_text(json.dumps(meta))
 
     p, state = fit_one_thread(checkpoint.resume_config(run, {}))
     assert state.epoch == 3

@@ -15,6 +15,7 @@ import pytest
 from conftest import sentiment_rows, write_jsonl
 
 from sentune import config as config_lib
+from sentune import tasks
 from sentune.errors import ConfigError
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -314,3 +315,38 @@ def test_two_processes_share_one_postgresql_study(tiny_bert_dir, data, tmp_path)
     assert rows(dirs[1]) == trials  # either machine can write the whole study's trials.jsonl
     check_shared(trials, 4, outs)
     assert sum((d / "final_metrics.json").exists() for d in dirs) == 1
+
+
+# ---- every task: the task's selection metric and direction, test once with its metrics -----------------------
+@pytest.mark.parametrize("task, label_column, metric, best_of", [
+    ("multi_label", "labels", "macro_f1", max),
+    ("regression", "score", "rmse", min),  # an error: the study minimises it
+])
+def test_sweep_of_each_task_selects_on_its_metric_and_tests_once(task, label_column, metric, best_of,
+                                                                 tiny_bert_dir, tmp_path):
+    import transformers
+    from test_tasks import multi_label_rows, regression_rows
+
+    from sentune.evaluation.evaluate import evaluate_model
+    from sentune.training.sweep import sweep
+
+    rows_of = multi_label_rows if task == "multi_label" else regression_rows
+    task_data = {split: write_jsonl(tmp_path / f"{split}.jsonl", rows_of(n, seed=seed))
+                 for split, n, seed in (("train", 96, 1), ("validation", 48, 2), ("test", 40, 3))}
+    cfg = make_cfg(tiny_bert_dir, task_data, tmp_path, epochs=1, patience=1, task=task, label_column=label_column)
+    result = sweep(cfg, LR, n_trials=2, pruner="none")
+
+    sweep_dir = tmp_path / "sweep"
+    trials = rows(sweep_dir)
+    assert [t["state"] for t in trials] == ["complete", "complete"], [t.get("error") for t in trials]
+    final = json.loads((sweep_dir / "final_metrics.json").read_text())
+    assert final["validation"] == {metric: best_of(t["value"] for t in trials)}
+    assert final["trial"] == result.best_trial.number
+    # the chosen weights were tested once with the task's metrics, as `sentune evaluate` scores best/ on test
+    test = final["test"]
+    assert test["task"] == task and test["n"] == 40
+    again = evaluate_model(str(sweep_dir / "best"), test_file=str(task_data["test"]), label_column=label_column)
+    assert test[metric] == pytest.approx(again[metric], abs=1e-5)
+    assert f"Test (once): {tasks.get_task(task).headline(test)}" in (sweep_dir / "report.md").read_text()
+    pipe = transformers.pipeline("text-classification", model=str(sweep_dir / "best"), top_k=None)
+    assert len(pipe(["a great movie"])[0]) == (3 if task == "multi_label" else 1)

@@ -82,6 +82,9 @@ def test_multi_label_run_records_task_thresholds_and_both_test_scores(multi_run)
     assert "per_label_f1.png" in report and "val macro_f1" in report and (run / "per_label_f1.png").is_file()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["task"] == "multi_label" and manifest["data"]["train"]["label_counts"]["no_label"] > 0
+    assert manifest["best_score"] == max(r["val_macro_f1"] for r in rows)
+    probs = json.loads((run / "test_probs.json").read_text())  # per test text: its label set and probabilities
+    assert np.shape(probs["label"]) == np.shape(probs["probs"]) == (64, 3)
 
 
 def test_regression_run_answers_in_original_units(regression_run):
@@ -96,6 +99,12 @@ def test_regression_run_answers_in_original_units(regression_run):
     assert final["rmse"] < np.std(targets) and final["pearson"] > 0.5
     report = (run / "report.md").read_text()
     assert "scatter.png" in report and (run / "residuals.png").is_file() and "val rmse" in report
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["best_score"] == min(r["val_rmse"] for r in rows)  # the RMSE itself, lowest is best
+    values = json.loads((run / "test_probs.json").read_text())  # per test text: target and value, own units
+    assert values["label"] == pytest.approx(targets, abs=1e-4)
+    assert np.array(values["probs"])[:, 0] == pytest.approx(final["predictions"], abs=1e-4)
 
 
 def test_pipeline_reads_the_problem_type(multi_run, regression_run):
@@ -125,10 +134,11 @@ def test_pipeline_reads_the_problem_type(multi_run, regression_run):
 def with_thresholds(src: Path, dst: Path, per_label: dict) -> Path:
     import shutil
 
-    from sentune.evaluation.thresholds import store_thresholds
+    from sentune.evaluation.calibrate import store_setting
 
     shutil.copytree(src, dst)
-    store_thresholds(dst, {"global": 0.5, "per_label": per_label, "fallback": [], "min_positives": 1, "n": 1})
+    store_setting(dst, "thresholds",
+                  {"global": 0.5, "per_label": per_label, "fallback": [], "min_positives": 1, "n": 1})
     return dst
 
 

@@ -1,9 +1,12 @@
 """Task types: one label per text, several labels per text, or a number to regress.
 
-Everything that differs between the three lives here, keyed by the task name, so the data, training,
-evaluation and inference code keep one path and ask this module at the few points where they differ:
-how labels are detected, which loss trains the head, how logits become scores, which metrics can pick
-the best epoch, and how a regression target's scale is folded into the saved head.
+Everything that differs between the three lives here, as one `Task` object per task (`get_task(name)`,
+`task_of(config)`), so the data, training, evaluation and inference code keep one path and ask the task
+at the few points where they differ: how labels are detected and counted, which loss trains the head, how
+logits become scores, which metrics can pick the best epoch (and in which direction), what `calibrate`
+fits, how its test numbers read, and how a regression target's scale is folded into the saved head.
+Modules above this one that need a per-task function of their own (metrics, plots, markdown) keep one
+table keyed by the task's type, never a branch on its name.
 
 The task is stored as the transformers `problem_type` in `best/config.json`, so `transformers.pipeline`
 applies softmax, sigmoid (multi-label) or nothing (regression) by itself, and every sentune command
@@ -37,7 +40,6 @@ class Task(str):
     losses: tuple[str, ...] = ()  # what --loss may name besides auto; the first is auto's choice
     has_accuracy = True  # whether the running accuracy (train_acc, val_acc) means anything
     calibration = ""  # what `sentune calibrate` fits and stores: temperature, thresholds, or nothing
-    output = ""  # what the model gives per text, in words: a label, a label set, a value
 
     def __new__(cls, name: str | None = None):
         return super().__new__(cls, cls.name)
@@ -106,7 +108,7 @@ class Task(str):
 
 
 class SingleLabel(Task):
-    name, problem_type, output = "single_label", "single_label_classification", "label"
+    name, problem_type = "single_label", "single_label_classification"
     select_metrics = ("accuracy", "macro_recall", "macro_f1")
     losses = ("cross_entropy",)
     calibration = "temperature"
@@ -156,7 +158,7 @@ class SingleLabel(Task):
 
 
 class MultiLabel(Task):
-    name, problem_type, output = "multi_label", "multi_label_classification", "label set"
+    name, problem_type = "multi_label", "multi_label_classification"
     select_metrics = ("macro_f1", "micro_f1", "samples_f1")
     losses = ("bce",)
     calibration = "thresholds"
@@ -214,7 +216,7 @@ class MultiLabel(Task):
 
 
 class Regression(Task):
-    name, problem_type, output = "regression", "regression", "value"
+    name, problem_type = "regression", "regression"
     select_metrics = ("rmse", "pearson", "spearman")
     losses = ("mse", "huber")
     has_accuracy = False

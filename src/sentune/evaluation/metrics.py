@@ -108,7 +108,7 @@ def multi_label_metrics(labels, probs, label_names: Sequence[str], thresholds: d
     }
     average = {kind: float(f1_score(y, pred, average=kind, zero_division=0)) for kind in ("micro", "macro")}
     return {
-        "task": "multi_label",
+        "task": tasks.MultiLabel.name,
         "micro_f1": average["micro"],
         "macro_f1": average["macro"],
         "samples_f1": float(f1_score(y, pred, average="samples", zero_division=0)),
@@ -132,7 +132,7 @@ def regression_metrics(targets, predictions) -> dict:
         raise DataError("nothing to evaluate: the labelled split is empty")
     constant = len(y) < 2 or np.ptp(y) == 0 or np.ptp(p) == 0  # correlations are undefined
     return {
-        "task": "regression",
+        "task": tasks.Regression.name,
         "rmse": float(np.sqrt(mean_squared_error(y, p))),
         "mae": float(mean_absolute_error(y, p)),
         "r2": float(r2_score(y, p)) if len(y) > 1 else float("nan"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import socket
 import time
@@ -128,8 +129,7 @@ def load_trial_splits(cfg: Config):
 
     splits = data.load_splits(cfg.data, cfg.train.seed, "validation")
     sources = {k: v for k, v in splits.sources.items() if k != "test"}
-    trial_splits = data.Splits(splits.train, splits.validation, None, splits.label_names, sources)
-    return trial_splits, splits.test
+    return dataclasses.replace(splits, test=None, sources=sources), splits.test  # task and label scale kept
 
 
 def new_store():
