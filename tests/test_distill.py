@@ -106,13 +106,14 @@ def test_distillation_loss_reads_labels_only_of_labelled_examples():
     teacher = torch.tensor([[2.0, -2.0], [2.0, -2.0], [-2.0, 2.0]])
     label_loss = torch.nn.CrossEntropyLoss()
     single = tasks.get_task("single_label")
-    loss = distill_lib.DistillationLoss(single, label_loss, teacher, labelled=2, alpha=0.0, temperature=1.0)
+    loss = distill_lib.DistillationLoss(single, label_loss, teacher, labelled=2, alpha=0.25, temperature=2.0)
     logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
-    labels = torch.tensor([0, 1, 0])
+    labels = torch.tensor([0, 1, 0])  # row 2 is unlabelled text: its label column holds the teacher's label
+    soft = single.soft_loss(logits, teacher, 2.0)
     both = loss(logits, labels, torch.tensor([0, 1, 2]))
-    assert both.item() == pytest.approx(label_loss(logits[:2], labels[:2]).item())
+    assert both.item() == pytest.approx(0.25 * soft.item() + 0.75 * label_loss(logits[:2], labels[:2]).item())
     only_unlabelled = loss(logits, labels, torch.tensor([2, 2, 2]))  # no labels here: the teacher alone
-    assert only_unlabelled.item() == pytest.approx(single.soft_loss(logits, teacher[[2, 2, 2]], 1.0).item())
+    assert only_unlabelled.item() == pytest.approx(0.25 * single.soft_loss(logits, teacher[[2, 2, 2]], 2.0).item())
 
 
 # ---- layers:K ------------------------------------------------------------------------------------------------

@@ -56,11 +56,11 @@ class DistillationLoss(ExampleLoss):
         self.labelled = labelled
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        soft = self.task.soft_loss(logits, self.teacher[index], self.temperature)
+        loss = self.alpha * self.task.soft_loss(logits, self.teacher[index], self.temperature)
         keep = index < self.labelled
-        if self.alpha >= 1.0 or not bool(keep.any()):
-            return soft
-        return self.alpha * soft + (1.0 - self.alpha) * self.label_loss(logits[keep], labels[keep])
+        if self.alpha < 1.0 and bool(keep.any()):  # a batch of unlabelled text only has no labels' loss
+            loss = loss + (1.0 - self.alpha) * self.label_loss(logits[keep], labels[keep])
+        return loss
 
 
 def distill(teacher_run: str | Path, student: str, *, temperature: float = 2.0, alpha: float = 0.5,
