@@ -162,7 +162,7 @@ def test_student_exports_to_onnx_with_parity(layers_student, tmp_path):
     np.testing.assert_allclose(onnx, Classifier.load(result.best_dir, precision="fp32").predict_proba(texts), atol=1e-4)
 
 
-def test_teacher_outputs_are_computed_once_and_reused(teacher, layers_student):
+def test_teacher_outputs_are_computed_once_and_reused(teacher, layers_student, tmp_path):
     run, _ = teacher
     result, unlabeled = layers_student
     record = json.loads((result.run_dir / "distill.json").read_text())
@@ -174,6 +174,11 @@ def test_teacher_outputs_are_computed_once_and_reused(teacher, layers_student):
     assert (status["status"], status_again["status"]) == ("computed", "reused")
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(first, Classifier.load(run / "best", precision="fp32").logits(texts), atol=1e-5)
+    assert Path(status["file"]).parent == Path(cfg.train.cache_dir)
+    cfg.train.cache, cfg.run.output_dir = "off", str(tmp_path)  # nothing outside the run directory
+    _, status_off = distill_lib.teacher_outputs(run / "best", texts, cfg)
+    assert status_off["status"] == "computed" and Path(status_off["file"]).parent == tmp_path
+    assert Path(status_off["file"]).is_file()
 
 
 # ---- the gate, through the CLI -------------------------------------------------------------------------------

@@ -197,14 +197,17 @@ def with_unlabeled(splits, texts: list[str], logits: np.ndarray, teacher_best: P
 
 def teacher_outputs(teacher_best: Path, texts: list[str], cfg: Config) -> tuple[np.ndarray, dict]:
     """The teacher's logits on `texts` (original units), from the cache when this teacher has read these texts
-    at this precision before; one file per (teacher weights, texts, precision), beside the frozen-layer cache."""
+    at this precision before; one file per (teacher weights, texts, precision), beside the frozen-layer cache
+    (so the next student of this teacher reuses it), or in the run directory with --cache off."""
     from sentune.inference.classifier import Classifier, inference_precision, pick_device
     from sentune.training.cache import default_cache_dir
 
     device = pick_device(cfg.run.device)
     precision = inference_precision(cfg.train.precision, "torch", device)
     key = teacher_key(teacher_best, texts, precision)
-    path = Path(cfg.train.cache_dir or default_cache_dir()) / f"teacher-{key}.npy"
+    root = Path(cfg.run.output_dir or "") if cfg.train.cache == "off" else Path(cfg.train.cache_dir or
+                                                                                default_cache_dir())
+    path = root / f"teacher-{key}.npy"
     if path.is_file():
         print(f"Teacher outputs: {len(texts):,} texts, reused from {path}", flush=True)
         return np.load(path), {"status": "reused", "file": str(path), "precision": precision}
@@ -213,9 +216,7 @@ def teacher_outputs(teacher_best: Path, texts: list[str], cfg: Config) -> tuple[
     logits = clf.logits(texts, batch_size=cfg.train.eval_batch_size or 2 * cfg.train.batch_size)
     seconds = time.perf_counter() - start
     print(f"Teacher outputs: {len(texts):,} texts in {seconds:.1f} s ({precision})", flush=True)
-    if cfg.train.cache != "off":  # --cache off: nothing written outside the run directory
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_file(path, lambda tmp: save_array(tmp, logits))
+    atomic_file(path, lambda tmp: save_array(tmp, logits))
     return logits, {"status": "computed", "file": str(path), "seconds": round(seconds, 3), "precision": precision}
 
 
