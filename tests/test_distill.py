@@ -52,7 +52,8 @@ def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     data = make_toy_files(root)
     model = save_tiny(root / "tiny4", "bert", num_layers=4)
-    return train_teacher(teacher_flags(model, data, root / "teacher")), data
+    # --head-init linear: a student must keep the trained head it copies, not re-draw it as its teacher did
+    return train_teacher(teacher_flags(model, data, root / "teacher", head_init="linear")), data
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,7 @@ def test_layers_student_is_a_run_with_the_teachers_chosen_layers_and_the_table(t
     torch.testing.assert_close(init.bert.encoder.layer[1].output.dense.weight,
                                taught.bert.encoder.layer[2].output.dense.weight)
     torch.testing.assert_close(init.classifier.weight, taught.classifier.weight)  # the head is copied
+    assert config.load(result.run_dir / "config.yaml").train.head_init == "model"  # and kept: not re-drawn
     student = json.loads((result.best_dir / "config.json").read_text())
     assert student["num_hidden_layers"] == 2
     teacher_row, student_row = result.rows

@@ -147,6 +147,8 @@ def student_config(teacher: Path, flags: dict) -> Config:
         raise ConfigError("distill takes the student as --student model:PATH (or layers:K), not --model")
     config_lib.apply(cfg, config_lib.nest(given), "flag")
     cfg.run.resume = None
+    if "head_init" not in given:  # a layers student keeps the teacher's trained head, whatever the teacher drew
+        cfg.train.head_init = "model"
     cfg.run.output_dir = given.get("output_dir") or str(rundir.default_dir(f"distill-{teacher.resolve().name}"))
     return cfg
 
