@@ -16,13 +16,15 @@ if TYPE_CHECKING:
     from sentune.config import Config
     from sentune.inference.classifier import Classifier
     from sentune.training.audit import audit
+    from sentune.training.distill import distill
     from sentune.training.sweep import sweep
 
 # name -> module; lazy so that `import sentune` (and the CLI's start-up) does not import torch
 LAZY = {"train": "sentune.api", "evaluate": "sentune.api", "TrainResult": "sentune.api",
         "EvaluationResult": "sentune.api", "Config": "sentune.config", "Classifier": "sentune.inference.classifier",
         "sweep": "sentune.training.sweep",  # sweep(cfg, space, n_trials=...) -> SweepResult (study, best/)
-        "audit": "sentune.training.audit"}  # audit(cfg, folds=5) -> AuditReport (audit.md, issues.jsonl/.csv)
+        "audit": "sentune.training.audit",  # audit(cfg, folds=5) -> AuditReport (audit.md, issues.jsonl/.csv)
+        "distill": "sentune.training.distill"}  # distill(teacher_run, "layers:3", ...) -> DistillResult
 
 
 def __getattr__(name: str):
@@ -33,5 +35,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(LAZY[name]), name)
 
 
-__all__ = ["Classifier", "Config", "EvaluationResult", "TrainResult", "__version__", "audit", "evaluate", "sweep",
-           "train"]
+__all__ = ["Classifier", "Config", "EvaluationResult", "TrainResult", "__version__", "audit", "distill", "evaluate",
+           "sweep", "train"]

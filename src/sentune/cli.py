@@ -208,6 +208,33 @@ def sweep(preset: str | None, config_file: str | None, search: str | None, n_tri
     run_sweep(cfg, search, n_trials, **options)
 
 
+# ---- distill ----------------------------------------------------------------------------------------
+@main.command()
+@click.argument("teacher_run", type=click.Path(file_okay=False, exists=True))
+@click.option("--student", required=True,
+              help="layers:K (K evenly spaced teacher layers) | layers:0,2,4 (those) | model:PATH (another encoder)")
+@click.option("--temperature", type=float, default=2.0, show_default=True,
+              help="softens the teacher's and student's outputs in the distillation loss")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="the distillation loss's share; 1 - alpha goes to the labels' own loss")
+@click.option("--unlabeled", type=click.Path(dir_okay=False), default=None,
+              help="more transfer text without labels (txt/csv/tsv/jsonl, as predict reads)")
+@click.option("--min-retained", type=float, default=0.98, show_default=True,
+              help="exit 3 unless the student keeps this share of the teacher's validation score")
+@config_options
+def distill(teacher_run: str, student: str, **flags) -> None:
+    """Distil TEACHER_RUN (a train or sweep run directory) into a smaller student that trains on its outputs.
+
+    The teacher run's config supplies data and settings; every train flag overrides them. Writes a normal run
+    directory (best/ works with predict, evaluate, serve, export, push), prints and saves a table of teacher
+    and student (metric, retained, texts/s, CPU s/text, parameters, size), and exits 3 when the student keeps
+    less than --min-retained of the teacher's validation score.
+    """
+    from sentune.training.distill import distill as run_distill
+
+    run_distill(teacher_run, student, **flags)
+
+
 # ---- evaluate (owner: evaluation engineer) -----------------------------------------------------------
 @main.command()
 @click.argument("model_dir", type=click.Path())

@@ -36,3 +36,14 @@ class WriteError(SentuneError):
 
 class OutOfMemory(SentuneError):
     """The device ran out of memory; the message says which flags to change."""
+
+
+class GateError(SentuneError):
+    """A distilled student kept less of its teacher's validation score than `--min-retained` asks for. Its own
+    exit status (3), so a script tells a refused student from a mistake (2); the run directory is complete."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result  # the DistillResult: table, retention, run directory

@@ -121,6 +121,18 @@ def num_layers(model: nn.Module) -> int:
     return len(encoder_layers(model))
 
 
+def model_depth(model_cfg: ModelConfig) -> int:
+    """Encoder layers of `--model`, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(model_cfg.model)
+    try:
+        conf = AutoConfig.from_pretrained(path, local_files_only=not Path(path).is_dir() and hub.local_only())
+    except OSError as e:
+        raise ModelError(f"cannot read the config of model {model_cfg.model}: {str(e).splitlines()[0]}") from None
+    return int(conf.num_hidden_layers)
+
+
 def prefix_modules(model: HFClassifier, k: int) -> list[nn.Module]:
     """Embeddings + layers 0..k-1 (nothing for k = 0)."""
     depth = num_layers(model)

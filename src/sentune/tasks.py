@@ -116,6 +116,17 @@ class Task(str):
         top = np.sort(p, axis=1)
         return 1.0 - (top[:, -1] - top[:, -2])
 
+    # distillation (training/distill.py)
+    def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The student's loss against the teacher's logits (Hinton et al. 2015), scaled by T squared where T
+        softens them, so the gradients keep their size whatever T is."""
+        raise NotImplementedError
+
+    def teacher_labels(self, logits: np.ndarray, thresholds: np.ndarray) -> list:
+        """Labels in the training split's form for texts only the teacher has read (unlabelled transfer text):
+        they fill the label column, which the labels' loss never reads for those rows."""
+        raise NotImplementedError
+
 
 class SingleLabel(Task):
     name, problem_type = "single_label", "single_label_classification"
@@ -157,6 +168,16 @@ class SingleLabel(Task):
     def label_counts(self, labels, label_names, scale=None):
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(label_names)).tolist()
         return dict(zip(label_names, counts, strict=True))
+
+    def soft_loss(self, student, teacher, temperature):
+        """KL divergence between the teacher's and the student's softmax at temperature T."""
+        t = float(temperature)
+        log_student = torch.nn.functional.log_softmax(student.float() / t, -1)
+        log_teacher = torch.nn.functional.log_softmax(teacher.float() / t, -1)
+        return torch.nn.functional.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * t * t
+
+    def teacher_labels(self, logits, thresholds):
+        return np.asarray(logits).argmax(-1).astype(np.int64).tolist()
 
 
 class MultiLabel(Task):
@@ -221,6 +242,16 @@ class MultiLabel(Task):
             return -(p * np.log(p) + (1.0 - p) * np.log(1.0 - p)).sum(axis=1)
         return 1.0 - np.abs(2.0 * p - 1.0).min(axis=1)
 
+    def soft_loss(self, student, teacher, temperature):
+        """Per-label BCE against the teacher's sigmoids at temperature T."""
+        t = float(temperature)
+        targets = torch.sigmoid(teacher.float() / t)
+        return torch.nn.functional.binary_cross_entropy_with_logits(student.float() / t, targets) * t * t
+
+    def teacher_labels(self, logits, thresholds):
+        """The teacher's label set at its thresholds."""
+        return decide(self.scores(logits), thresholds).astype(np.float32).tolist()
+
     def data_note(self, counts, scale):
         return "\nLabel sets: " + "; ".join(f"{name} {c['no_label']:,} with no label, {c['two_or_more']:,} with 2+"
                                            for name, c in counts.items())
@@ -252,6 +283,13 @@ class Regression(Task):
         """The target's spread in the data's own units."""
         y = unscale(labels, scale)
         return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
+
+    def soft_loss(self, student, teacher, temperature):
+        """MSE to the teacher's value: a score has nothing to soften, so T does not apply."""
+        return torch.nn.functional.mse_loss(student.float(), teacher.float())
+
+    def teacher_labels(self, logits, thresholds):
+        return np.asarray(logits, dtype=np.float32)[:, 0].tolist()
 
     def headline(self, metrics):
         return (f"RMSE {metrics['rmse']:.4f}, MAE {metrics['mae']:.4f}, Pearson {metrics['pearson']:.4f}, "
@@ -404,3 +442,10 @@ def unscale(values, scale: dict | None) -> np.ndarray:
     if not scale:
         return np.asarray(values)
     return np.asarray(values, dtype=np.float64) * float(scale["std"]) + float(scale["mean"])
+
+
+def rescale(values, scale: dict | None) -> np.ndarray:
+    """Values in the original units -> the standardised ones training works in (the inverse of unscale)."""
+    if not scale:
+        return np.asarray(values)
+    return (np.asarray(values, dtype=np.float64) - float(scale["mean"])) / float(scale["std"])

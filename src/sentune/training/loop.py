@@ -26,7 +26,7 @@ from sentune.training import checkpoint, guards, tracking
 from sentune.training.checkpoint import TrainState
 from sentune.training.eval_pass import METRIC_NAMES, evaluate, scored_evaluate
 from sentune.training.finish import finish, save_best
-from sentune.training.prepare import Prepared, Shared, prepare
+from sentune.training.prepare import ExampleLoss, Prepared, Shared, prepare
 
 __all__ = ["TrainState", "evaluate", "fit", "run"]
 
@@ -151,7 +151,7 @@ def train_step(p: Prepared, batch: dict, sync: bool, epoch: int, step: int) -> t
     acc.step = acc.gradient_accumulation_steps - 1 if sync else 0
     with acc.accumulate(p.net), acc.autocast():
         logits = p.net(batch)
-        loss = p.loss_fn(logits.float(), batch["labels"])
+        loss = batch_loss(p, logits.float(), batch)
         if not guards.finite_or_skip(p, loss, epoch, step):
             return torch.zeros(3, device=acc.device)
         acc.backward(loss)  # divided by --grad-accum
@@ -164,6 +164,14 @@ def train_step(p: Prepared, batch: dict, sync: bool, epoch: int, step: int) -> t
         p.optimizer.zero_grad(set_to_none=True)
     correct = p.splits.task.hits(logits, batch["labels"])
     return torch.stack([loss.detach().float() * n, correct, torch.tensor(float(n), device=acc.device)])
+
+
+def batch_loss(p: Prepared, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The training loss of one batch: the task's loss on its labels, or an `ExampleLoss` that also reads
+    which examples these are (distillation: the teacher's outputs for them)."""
+    if isinstance(p.loss_fn, ExampleLoss):
+        return p.loss_fn(logits, batch["labels"], batch["index"])
+    return p.loss_fn(logits, batch["labels"])
 
 
 def save_mid_epoch(p: Prepared, state: TrainState, done: int, sums: torch.Tensor) -> None:

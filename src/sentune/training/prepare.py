@@ -25,17 +25,28 @@ from sentune.training.accel import make_accelerator
 
 @dataclass
 class Shared:
-    """What a sweep hands each of its trials so that they share work and report as they go.
+    """What a caller of `fit` hands it: a sweep, to each of its trials so that they share work and report as
+    they go; `distill`, its transfer set and loss.
 
     `splits`: loaded once, without the test split (a trial never sees it); `cache_store`: frozen-layer caches
     kept in memory across trials; `on_epoch(row)`: called after every epoch's metrics (the pruner's hook; it
-    may raise to stop the trial); `checkpoints`: off for trials, which are retried whole rather than resumed.
+    may raise to stop the trial); `checkpoints`: off for trials, which are retried whole rather than resumed;
+    `make_loss(cfg, splits)`: the training loss instead of the task's own (distillation); `cache_model`: the
+    model the frozen layers come from, when not --model (a distilled student's bottom layers are its teacher's,
+    so their cache files serve both).
     """
 
     splits: Any = None
     cache_store: Any = None
     on_epoch: Any = None
     checkpoints: bool = True
+    make_loss: Any = None
+    cache_model: str | None = None
+
+
+class ExampleLoss(torch.nn.Module):
+    """A training loss that also reads which examples a batch holds, `forward(logits, labels, index)` (a
+    distillation loss looks up the teacher's outputs for them); a task's own loss reads the labels only."""
 
 
 @dataclass
@@ -109,7 +120,8 @@ def _prepare(cfg: Config, shared: Shared | None, locks: list) -> Prepared:
         f"frozen: embeddings + {cfg.model.freeze_layers} of {model_lib.num_layers(model)} layers")
     feeds = build_feeds(cfg, splits, tokenizer, bool(run_settings.normalize_tweets), say)
     check_train_batches(feeds["train"], acc.num_processes, cfg.train.batch_size)
-    feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None)
+    feeds = maybe_cache(cfg, model, feeds, acc, shared.cache_store if shared else None,
+                        shared.cache_model if shared else None)
     groups = model_lib.param_groups(model, cfg.train.lr_encoder, cfg.train.lr_head, cfg.train.weight_decay,
                                     cfg.train.layer_decay, cfg.train.pooler, cfg.train.decay_norm_bias)
     optimizer = model_lib.make_optimizer(groups, acc.device.type)
@@ -117,7 +129,7 @@ def _prepare(cfg: Config, shared: Shared | None, locks: list) -> Prepared:
     net, optimizer = acc.prepare(model_lib.SplitModel(model, cfg.model.freeze_layers, cfg.train.cached_dropout),
                                  optimizer)
     p = Prepared(cfg=cfg, accelerator=acc, splits=splits, model=model, tokenizer=tokenizer, feeds=feeds,
-                 optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss(cfg, splits).to(acc.device),
+                 optimizer=optimizer, scheduler=scheduler, loss_fn=loss_maker(shared)(cfg, splits).to(acc.device),
                  run_dir=run_dir, trainable=[q for q in model.parameters() if q.requires_grad], net=net,
                  shared=shared)
     if acc.is_main_process:
@@ -202,7 +214,7 @@ def make_split_feed(ids, labels, batch_size, train, cfg: Config, pad_id):
                      pad_to_multiple_of=cfg.train.pad_to_multiple_of, length_chunk=cfg.train.length_chunk)
 
 
-def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
+def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None, source: str | None = None) -> dict:
     k = cfg.model.freeze_layers
     if cfg.train.cache == "off" or k == 0:
         return feeds
@@ -210,7 +222,7 @@ def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None) -> dict:
 
     # The cache hashes each split's exact token ids and the prefix weights itself, so another seed, LR or
     # epoch count over the same examples reuses it; only what is not in those ids needs naming here.
-    parts = {"model": cfg.model.model}
+    parts = {"model": source or cfg.model.model}
     log = print if acc.is_local_main_process else (lambda line: None)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.train.cache_dtype]
     cache = functools.partial(cache_feeds, model, k, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
@@ -236,6 +248,10 @@ def dropout_cache(cfg: Config, cache, feeds: dict, log) -> dict:
         samples.append(cache({"train": feeds["train"]}, dropout_seed=seed,
                              log=lambda line, j=j: log(f"{line} (dropout run {j + 1} of {n})"))["train"])
     return out | {"train": SampledFeed(samples)}
+
+
+def loss_maker(shared: Shared | None):
+    return shared.make_loss if shared is not None and shared.make_loss is not None else make_loss
 
 
 def make_loss(cfg: Config, splits) -> torch.nn.Module:

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from sentune import config as config_lib
+from sentune import model as model_lib
 from sentune import rundir, tasks
 from sentune.config import Config
-from sentune.errors import ConfigError, SentuneError, WriteError
+from sentune.errors import ConfigError, WriteError
 from sentune.evaluation.metrics import selection_key
 from sentune.training import space as space_lib
 from sentune.training import study as study_lib
@@ -113,7 +114,7 @@ def check(cfg: Config, raw_space: dict, opts: SweepOptions) -> list:
         raise ConfigError("--n-trials must be >= 1")
     if opts.sampler not in ("tpe", "random", "grid") or opts.pruner not in ("median", "hyperband", "none"):
         raise ConfigError("--sampler must be tpe|random|grid and --pruner median|hyperband|none")
-    space_lib.check_against(params, model_depth(cfg.model))
+    space_lib.check_against(params, model_lib.model_depth(cfg.model))
     for values in sample_corners(params):  # each field's own checks (validate) on the range's ends
         trial_cfg = copy.deepcopy(cfg)
         config_lib.validate(config_lib.apply(trial_cfg, space_lib.overrides(params, values), "search space"))
@@ -124,20 +125,6 @@ def sample_corners(params: list) -> list[dict]:
     low = {p.name: p.choices[0] if p.kind == "choice" else p.low for p in params}
     high = {p.name: p.choices[-1] if p.kind == "choice" else p.high for p in params}
     return [low, high]
-
-
-def model_depth(model_cfg) -> int:
-    from transformers import AutoConfig
-
-    from sentune import hub
-    from sentune import model as model_lib
-
-    path = model_lib.resolve_model_path(model_cfg.model)
-    try:
-        conf = AutoConfig.from_pretrained(path, local_files_only=not Path(path).is_dir() and hub.local_only())
-    except OSError as e:
-        raise SentuneError(f"cannot read the config of model {model_cfg.model}: {str(e).splitlines()[0]}") from None
-    return int(conf.num_hidden_layers)
 
 
 def load_trial_splits(cfg: Config):
