@@ -97,7 +97,8 @@ def set_up_student(cfg: Config, spec, teacher_best: Path, default_freeze: bool) 
     """Build the student (layers:K: saved in the run directory) and point --model at it; --freeze-layers when
     not given; returns the teacher layers it took (none for model:PATH)."""
     run_dir = Path(cfg.run.output_dir or "")
-    rundir.check_creatable(run_dir)
+    # a used folder is refused now (or emptied with --overwrite), not after the teacher's pass; fit locks it later
+    rundir.open_run(run_dir, overwrite=cfg.run.overwrite).release()
     scale = rundir.read_json(teacher_best / "config.json").get("sentune", {}).get("label_scale")
     cfg.model.model, chosen = build_student(spec, teacher_best, run_dir, scale)
     if default_freeze:
