@@ -294,7 +294,8 @@ def _model_keys(model, k: int, dtype: torch.dtype, parts: dict) -> dict[int, str
 
 # Config entries that do not change what the frozen prefix computes in eval mode (labels, bookkeeping, dropout:
 # a dropout run keys its rates itself; the layer count: the prefix is keyed by its depth and its own weights, so a
-# distilled student that keeps its teacher's bottom layers shares their files); everything else (hidden_act, layer_norm_eps, position embeddings, ...) does.
+# distilled student that keeps its teacher's bottom layers shares their files); everything else (hidden_act,
+# layer_norm_eps, position embeddings, ...) does.
 NOT_NUMERICS = {"id2label", "label2id", "problem_type", "sentune", "_name_or_path", "transformers_version",
                 "architectures", "finetuning_task", "classifier_dropout", "hidden_dropout_prob",
                 "attention_probs_dropout_prob", "attention_dropout", "dropout", "torch_dtype", "dtype",
