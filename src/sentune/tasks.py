@@ -104,6 +104,17 @@ def to_scores(task: str, logits: np.ndarray, temperature: float | None = None) -
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+# transformers' `function_to_apply` for each task: how `to_scores` turns logits into scores
+SCORE_FUNCTION = {"single_label": "softmax", "multi_label": "sigmoid", "regression": "none"}
+
+
+def label_scores(task: str, prediction: dict, labels: Sequence[str]) -> dict[str, float]:
+    """A prediction record's score per label (a regression's one output scores its one label)."""
+    if task == "regression":
+        return {labels[0]: prediction["value"]}
+    return dict(prediction["probs"])
+
+
 def torch_scores(task: str, logits: torch.Tensor) -> torch.Tensor:
     if task == "multi_label":
         return logits.sigmoid()

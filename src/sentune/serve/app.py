@@ -1,4 +1,5 @@
-"""The HTTP service: `POST /predict`, `POST /explain`, `GET /health`, `/ready`, `/metrics`, `/metadata`, `/`, /docs.
+"""The HTTP service: `POST /predict`, `POST /explain`, `GET /health`, `/ready`, `/metrics`, `/metadata`, `/`, /docs;
+and the Hugging Face Inference API protocol (`POST /` and `/predict` with `inputs`, `GET /info`; serve/protocol.py).
 
 Every request mistake answers 4xx with a JSON body `{"error": "..."}`, never 500: no or a wrong API key
 (401), a body over `max_body_bytes` (413), malformed JSON (400), wrong types, an empty list, too many
@@ -21,77 +22,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from sentune.serve import protocol
 from sentune.serve.auth import ApiKeyAuth
 from sentune.serve.batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown, estimate_tokens
 from sentune.serve.observe import Metrics, Observe
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["What a great film!"]}]})
-    texts: list[StrictStr] | None = Field(None, description="texts to classify")
-    text: StrictStr | None = Field(None, description="a single text (instead of texts)")
-
-
-class Prediction(BaseModel):
-    label: str
-    score: float = Field(description="probability of the predicted label")
-    probs: dict[str, float] = Field(description="probability of every label")
-    windows: int = Field(1, description="windows the text was read in (more than 1: a long text, whole)")
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
-
-
-class ExplainRequest(PredictRequest):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "What a great film!"}]})
-    target: StrictStr | None = Field(None, description="label to explain (default: the predicted one)")
-
-
-class Explanation(BaseModel):
-    label: str = Field(description="the label explained (`value` for a regression)")
-    score: float | None = Field(None, description="its probability (single-label models)")
-    words: list[str] = Field(description="the text's whitespace-separated words, as the model read them")
-    scores: list[float | None] = Field(
-        description="per word: its integrated-gradients share of value - baseline_value; > 0 supports the label, "
-                    "null for a word cut by truncation")
-    value: float = Field(description="the explained (temperature-scaled) logit for the text")
-    baseline_value: float = Field(description="the same logit for the all-padding baseline")
-    delta: float = Field(description="convergence delta: sum(scores) - (value - baseline_value)")
-    explanations: list[dict] | None = Field(None, description="multi-label: one entry per predicted label")
-
-
-class ExplainResponse(BaseModel):
-    explanations: list[Explanation]
-
-
-class ChosenLabel(BaseModel):
-    label: str
-    score: float = Field(description="sigmoid probability of the label (at or above its threshold)")
-
-
-class MultiLabelPrediction(BaseModel):
-    labels: list[ChosenLabel] = Field(description="every label at or above its decision threshold, best first")
-    probs: dict[str, float] = Field(description="sigmoid probability of every label")
-
-
-class MultiLabelResponse(BaseModel):
-    predictions: list[MultiLabelPrediction]
-
-
-class RegressionPrediction(BaseModel):
-    value: float = Field(description="the predicted value, in the training targets' units")
-
-
-class RegressionResponse(BaseModel):
-    predictions: list[RegressionPrediction]
-
-
-# The OpenAPI schema of /predict follows the model's task (config.json problem_type).
-RESPONSES = {"single_label": PredictResponse, "multi_label": MultiLabelResponse, "regression": RegressionResponse}
+from sentune.serve.schemas import (
+    RESPONSES,
+    ExplainRequest,
+    ExplainResponse,
+    InferenceRequest,
+    InferenceResponse,
+    PredictRequest,
+    TextsRequest,
+)
 
 
 def task_metadata(classifier) -> dict:
@@ -183,13 +129,19 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {first.get('msg', 'invalid request')}"
 
 
-def check_request(req: PredictRequest, limits: Limits, explain: bool = False) -> list[str]:
+def check_request(req: TextsRequest | InferenceRequest, limits: Limits, explain: bool = False) -> list[str]:
     """The texts to classify (or explain, under the stricter limits), or an HTTPException naming what is wrong."""
     max_texts, max_chars = (limits.explain_max_texts, limits.explain_max_chars) if explain else \
         (limits.max_texts, limits.max_chars)
-    if (req.texts is None) == (req.text is None):
-        raise HTTPException(422, 'send either {"texts": [...]} or {"text": "..."}')
-    texts = [req.text] if req.text is not None else req.texts
+    given = [t for t in (getattr(req, "texts", None), getattr(req, "text", None), getattr(req, "inputs", None))
+             if t is not None]
+    if len(given) != 1:
+        shapes = '{"texts": [...]} or {"text": "..."}' if explain else \
+            '{"texts": [...]}, {"text": "..."} or {"inputs": "..." | [...]}'
+        raise HTTPException(422, f"send either {shapes}")
+    if getattr(req, "parameters", None) is not None and getattr(req, "inputs", None) is None:
+        raise HTTPException(422, 'parameters go with {"inputs": ...} only')
+    texts = protocol.texts_of(given[0])
     if not texts:
         raise HTTPException(422, "texts is empty: send at least one text")
     if len(texts) > max_texts:
@@ -284,6 +236,7 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
         await batcher.close()  # uvicorn has already let in-flight requests finish
         metrics.close()
 
+    task = getattr(classifier, "task", "single_label")
     app = FastAPI(title="sentune", summary=f"text classification with {classifier.name}", lifespan=lifespan)
     app.state.batcher, app.state.metrics = batcher, metrics
     # outermost last: Observe sees every answer, auth runs before a body is read
@@ -302,16 +255,41 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     async def on_http(_request: Request, exc: HTTPException):
         return error(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    @app.post("/predict", response_model=RESPONSES[getattr(classifier, "task", "single_label")], responses={
+    @app.post("/predict", response_model=RESPONSES[task], responses={
         400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
         413: {"description": "body too large"},
         422: {"description": "wrong types, empty list, too many texts or a text too long"},
         429: {"description": "queue full: retry after the Retry-After seconds"},
         503: {"description": "waited past the request timeout, or the server is shutting down"}})
-    async def predict(req: PredictRequest, request: Request) -> dict:
-        """Classify one text or a list; concurrent requests are micro-batched into one model call."""
+    async def predict(req: PredictRequest, request: Request):
+        """Classify one text or a list; concurrent requests are micro-batched into one model call.
+
+        The Inference API body (`{"inputs": ..., "parameters": ...}`) is answered as `POST /` answers it."""
         texts = check_request(req, limits)
+        if req.inputs is not None:
+            return JSONResponse(await ranked_labels(req, texts, request))
         return {"predictions": await classify(batcher, texts, request, policy.request_timeout)}
+
+    async def ranked_labels(req: PredictRequest | InferenceRequest, texts: list[str], request: Request) -> list:
+        protocol.check_parameters(req.parameters, task)
+        predictions = await classify(batcher, texts, request, policy.request_timeout)
+        return protocol.ranked(predictions, task, classifier.labels, req.parameters)
+
+    @app.post("/", response_model=InferenceResponse, responses={
+        400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
+        413: {"description": "body too large"}, 422: {"description": "as /predict, or an unknown parameter"},
+        429: {"description": "queue full"}, 503: {"description": "timeout or shutting down"}})
+    async def inference(req: InferenceRequest, request: Request) -> list:
+        """The Hugging Face Inference API / text-embeddings-inference form: per input its labels, best first.
+
+        `huggingface_hub.InferenceClient(base_url).text_classification(text)` posts here."""
+        return await ranked_labels(req, check_request(req, limits), request)
+
+    @app.get("/info")
+    async def model_info() -> dict:
+        """The model, as text-embeddings-inference's /info describes it."""
+        return protocol.info(classifier, max_texts=limits.max_texts, max_batch_tokens=policy.max_batch_tokens,
+                             max_queue=policy.max_queue)
 
     @app.post("/explain", response_model=ExplainResponse, response_model_exclude_none=True, responses={
         400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},

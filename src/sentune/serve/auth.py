@@ -16,6 +16,7 @@ from pathlib import Path
 from sentune.errors import ConfigError
 
 PROTECTED = frozenset({"/predict", "/explain"})
+PROTECTED_POSTS = frozenset({"/"})  # the root's GET is the page; its POST is the Inference API route
 KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header can carry unchanged
 
 
@@ -63,7 +64,7 @@ class ApiKeyAuth:
         self.protected = protected
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.keys or scope["path"].rstrip("/") not in self.protected:
+        if scope["type"] != "http" or not self.keys or not self.guards(scope):
             return await self.app(scope, receive, send)
         token = bearer_token(scope["headers"])
         if token is not None and key_matches(token, self.keys):
@@ -74,3 +75,7 @@ class ApiKeyAuth:
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/json"), (b"www-authenticate", challenge)]})
         await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
+
+    def guards(self, scope) -> bool:
+        path = scope["path"]
+        return path.rstrip("/") in self.protected or (scope["method"] == "POST" and path in PROTECTED_POSTS)
