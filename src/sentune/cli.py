@@ -239,12 +239,15 @@ def quiet_transformers() -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--text-column", type=str, default="text", show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="padded tokens per model call (texts are batched by length, padded to multiples of 32)")
 @click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="auto: torch when MODEL_DIR has PyTorch weights, else onnx")
 @PRECISION_OPTION
 @click.option("--bf16/--no-bf16", default=False, hidden=True, help="the same as --precision bf16")
 def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, output: str | None, fmt: str,
-            text_column: str, batch_size: int, backend: str, precision: str, bf16: bool) -> None:
+            text_column: str, batch_size: int, max_batch_tokens: int, backend: str, precision: str,
+            bf16: bool) -> None:
     """Classify TEXTs or a file: one JSON line (or CSV row) per text with label, score and probs.
 
     Records carry the input's other columns, else an `id`. With a `label` column in the input, the
@@ -265,7 +268,8 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     quiet_transformers()
     # under torchrun / accelerate launch each process classifies a share; the main one writes (inference/shard.py)
     clf, writes = load_for_launch(lambda device: Classifier.load(model_dir, backend=backend, device=device,
-                                                                 precision="bf16" if bf16 else precision),
+                                                                 precision="bf16" if bf16 else precision,
+                                                                 max_batch_tokens=max_batch_tokens),
                                   input_path)
     rows = ({"text": t} for t in texts) if texts or input_path is None else read_texts(input_path, text_column)
     start = time.perf_counter()
@@ -362,8 +366,9 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
               "cores with one worker, cores/N with N]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="texts per model call when requests are micro-batched")
-@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="estimated tokens per model call; a larger request is split and takes turns")
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="tokens per model call (estimated when collecting requests, padded in the call); "
+                   "a larger request is split and takes turns")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="how long the first request waits for others to join its batch")
 @click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,

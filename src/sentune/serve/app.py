@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from sentune.inference.classifier import MAX_BATCH_TOKENS
 from sentune.serve import protocol
 from sentune.serve.auth import ApiKeyAuth
 from sentune.serve.batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown, estimate_tokens
@@ -64,7 +65,8 @@ class Policy(BaseModel):
 
     max_queue: int | None = 512  # texts waiting for the model; past it, 429
     request_timeout: float | None = 30.0  # seconds a request may wait; past it, 503
-    max_batch_tokens: int | None = 8192  # estimated tokens per model call
+    # tokens per model call: estimated (chars / 4) when requests are collected, padded in each model call
+    max_batch_tokens: int | None = MAX_BATCH_TOKENS
     graceful_timeout: float = 10.0  # seconds from SIGTERM to exit
 
 
@@ -217,9 +219,10 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     """The service around a loaded `Classifier` (or anything with predict/labels/name/max_length/backend)."""
     limits, policy = limits or Limits(), policy or Policy()
     metrics = Metrics()
-    batcher = MicroBatcher(lambda texts: classifier.predict(texts, batch_size=max_batch), max_batch, max_wait_ms,
+    batcher = MicroBatcher(model_call(classifier, max_batch), max_batch, max_wait_ms,
                            max_tokens=policy.max_batch_tokens, max_queue=policy.max_queue, observer=metrics,
-                           cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)))
+                           cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)),
+                           encode=getattr(classifier, "prepare", None))
     ready = asyncio.Event()
 
     async def warm_up() -> None:
@@ -338,6 +341,14 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
         return FileResponse(str(static.joinpath("index.html")))
 
     return app
+
+
+def model_call(classifier, max_batch: int):
+    """What the model thread runs: a Classifier's already-encoded inputs (tokenized on the tokenizer thread),
+    or the texts for a stand-in that only has `predict`."""
+    if hasattr(classifier, "prepare"):
+        return lambda prepared: classifier.predict_prepared(prepared, batch_size=max_batch)
+    return lambda texts: classifier.predict(texts, batch_size=max_batch)
 
 
 def tokens_per_text(classifier) -> int:
