@@ -19,7 +19,7 @@ saved once so every variant uses the same weights; its accuracy is then chance l
 (label agreement with torch fp32) is meaningful. Times exclude loading and exporting; `CPU s/text` is
 process CPU time, a steadier number than wall time when other jobs share the machine (load average shown).
 `GFLOP/s` counts the work each variant's model really needs (bench/flops.py: unpadded tokens; the last layer
-for the first token only where the code does that, i.e. sentune's torch variants) over its wall time, and
+for the first token only where the code does that: every variant but the pipeline) over its wall time, and
 `% ceiling` compares it with the best large torch.matmul on the same threads (fp32; bf16 as well on a CPU
 with native bf16), measured in the same process before the variants run (`--no-ceiling` skips it).
 This is a benchmark, not a test: it prints a table and asserts nothing.
@@ -195,9 +195,9 @@ def main(argv=None) -> None:
     report(results, args, random_head, rates)
 
 
-# sentune's torch backend computes the last layer for the first token only; the pipeline and the ONNX export
-# run every layer in full
-FIRST_TOKEN_VARIANTS = ("torch", "bf16", "auto")
+# sentune's torch backend and its ONNX export compute the last layer for the first token only; the pipeline
+# runs every layer in full
+FIRST_TOKEN_VARIANTS = ("torch", "bf16", "auto", "onnx", "int8")
 
 
 def model_work(folder: str, texts: list[str], max_length: int) -> dict[bool, float]:
