@@ -219,10 +219,10 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     """The service around a loaded `Classifier` (or anything with predict/labels/name/max_length/backend)."""
     limits, policy = limits or Limits(), policy or Policy()
     metrics = Metrics()
-    batcher = MicroBatcher(model_call(classifier, max_batch), max_batch, max_wait_ms,
+    prepare = getattr(classifier, "prepare", None)  # a Classifier tokenizes apart from the model call
+    batcher = MicroBatcher(model_call(classifier, max_batch, prepared=prepare is not None), max_batch, max_wait_ms,
                            max_tokens=policy.max_batch_tokens, max_queue=policy.max_queue, observer=metrics,
-                           cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)),
-                           encode=getattr(classifier, "prepare", None))
+                           cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)), encode=prepare)
     ready = asyncio.Event()
 
     async def warm_up() -> None:
@@ -343,10 +343,10 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     return app
 
 
-def model_call(classifier, max_batch: int):
+def model_call(classifier, max_batch: int, prepared: bool):
     """What the model thread runs: a Classifier's already-encoded inputs (tokenized on the tokenizer thread),
     or the texts for a stand-in that only has `predict`."""
-    if hasattr(classifier, "prepare"):
+    if prepared:
         return lambda prepared: classifier.predict_prepared(prepared, batch_size=max_batch)
     return lambda texts: classifier.predict(texts, batch_size=max_batch)
 
