@@ -75,3 +75,14 @@ def test_served_predictions_equal_the_classifiers_for_concurrent_mixed_length_re
         assert [g["label"] for g in got] == [w["label"] for w in want]
         for g, w in zip(got, want, strict=True):
             assert g["probs"] == pytest.approx(w["probs"], abs=1e-5)
+
+
+def test_one_max_batch_tokens_setting_reaches_the_batcher_and_the_classifier(tiny_bert_dir):
+    from sentune.serve import Deployment, Policy
+    from sentune.serve.launch import build_app
+
+    app = build_app(Deployment(model_dir=str(tiny_bert_dir), precision="fp32", policy=Policy(max_batch_tokens=96)))
+    batcher = app.state.batcher
+    assert batcher.max_tokens == 96
+    classifier = batcher.encode.__self__  # the served Classifier's bound prepare
+    assert classifier.max_batch_tokens == 96
