@@ -1,5 +1,5 @@
 """The HTTP service: `POST /predict`, `POST /explain`, `GET /health`, `/ready`, `/metrics`, `/metadata`, `/`, /docs;
-and the Hugging Face Inference API protocol (`POST /` and `/predict` with `inputs`, `GET /info`; serve/protocol.py).
+and the Hugging Face Inference API protocol (`POST /`, `/predict` with `inputs`, `GET /info`: serve/inference_api.py).
 
 Every request mistake answers 4xx with a JSON body `{"error": "..."}`, never 500: no or a wrong API key
 (401), a body over `max_body_bytes` (413), malformed JSON (400), wrong types, an empty list, too many
@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from sentune.inference.classifier import MAX_BATCH_TOKENS
-from sentune.serve import protocol
+from sentune.serve import inference_api
 from sentune.serve.auth import ApiKeyAuth
 from sentune.serve.batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown, estimate_tokens
 from sentune.serve.observe import Metrics, Observe
@@ -143,7 +143,7 @@ def check_request(req: TextsRequest | InferenceRequest, limits: Limits, explain:
         raise HTTPException(422, f"send either {shapes}")
     if getattr(req, "parameters", None) is not None and getattr(req, "inputs", None) is None:
         raise HTTPException(422, 'parameters go with {"inputs": ...} only')
-    texts = protocol.texts_of(given[0])
+    texts = inference_api.texts_of(given[0])
     if not texts:
         raise HTTPException(422, "texts is empty: send at least one text")
     if len(texts) > max_texts:
@@ -274,9 +274,9 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
         return {"predictions": await classify(batcher, texts, request, policy.request_timeout)}
 
     async def ranked_labels(req: PredictRequest | InferenceRequest, texts: list[str], request: Request) -> list:
-        protocol.check_parameters(req.parameters, task)
+        inference_api.check_parameters(req.parameters, task)
         predictions = await classify(batcher, texts, request, policy.request_timeout)
-        return protocol.ranked(predictions, task, classifier.labels, req.parameters)
+        return inference_api.ranked(predictions, task, classifier.labels, req.parameters)
 
     @app.post("/", response_model=InferenceResponse, responses={
         400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
@@ -291,7 +291,7 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     @app.get("/info")
     async def model_info() -> dict:
         """The model, as text-embeddings-inference's /info describes it."""
-        return protocol.info(classifier, max_texts=limits.max_texts, max_batch_tokens=policy.max_batch_tokens,
+        return inference_api.info(classifier, max_texts=limits.max_texts, max_batch_tokens=policy.max_batch_tokens,
                              max_queue=policy.max_queue)
 
     @app.post("/explain", response_model=ExplainResponse, response_model_exclude_none=True, responses={
