@@ -2,8 +2,11 @@
 
     python bench/explain_speed.py MODEL_DIR --tweets FILE --reviews FILE [--steps 16 32 64] [--n 10]
 
-For every step count it prints seconds per text and the convergence delta relative to the explained
-change |f(text) - f(baseline)| (median and worst), which is what picks the default --steps. Reviews are
+For every step count it prints seconds per text, explained one request at a time (`alone`: what `POST
+/explain` with one text costs, the interactive case) and all texts in one call (`together`: texts batched
+into shared integrated-gradients passes, as `sentune explain --input` does), and the convergence delta
+relative to the explained change |f(text) - f(baseline)| (median and worst), which is what picks the
+default --steps; then one line with s/tweet and s/512-token review at the default steps, alone. Reviews are
 explained at max_length 512 whatever the folder was trained at (MiniLM and BERT-base take 512 positions),
 so a long review fills the whole window. Timings on a shared machine are contended: say so with them.
 """
@@ -19,6 +22,7 @@ import time
 import torch
 
 from sentune.inference.classifier import Classifier
+from sentune.inference.explain import DEFAULT_STEPS
 
 
 def read_texts(path: str, n: int, min_words: int = 0) -> list[str]:
@@ -34,10 +38,13 @@ def read_texts(path: str, n: int, min_words: int = 0) -> list[str]:
     return out
 
 
-def measure(clf: Classifier, texts: list[str], steps: int) -> dict:
+def measure(clf: Classifier, texts: list[str], steps: int, together: bool) -> dict:
     clf.explain(texts[:1], steps=steps)  # warm-up: model copy, first-call allocations
     start = time.perf_counter()
-    records = clf.explain(texts, steps=steps)
+    if together:
+        records = clf.explain(texts, steps=steps)
+    else:
+        records = [clf.explain([text], steps=steps)[0] for text in texts]
     seconds = (time.perf_counter() - start) / len(texts)
     rel = [abs(r["delta"]) / max(abs(r["value"] - r["baseline_value"]), 1e-6) for r in records]
     tokens = statistics.mean(len(ids) for ids in clf.encode(texts))
@@ -50,7 +57,7 @@ def main() -> None:
     ap.add_argument("model_dir")
     ap.add_argument("--tweets", required=True)
     ap.add_argument("--reviews", required=True)
-    ap.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--steps", type=int, nargs="+", default=[DEFAULT_STEPS])
     ap.add_argument("--n", type=int, default=10, help="texts per kind")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -60,14 +67,23 @@ def main() -> None:
     kinds = {"tweet": (read_texts(args.tweets, args.n), clf.max_length),
              "review (512 tokens)": (read_texts(args.reviews, args.n, min_words=450), 512)}
     print(f"model {clf.name}, torch threads {torch.get_num_threads()}, {args.n} texts per kind")
-    print("| text | tokens | steps | s / text | delta / change (median) | (worst) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| text | tokens | steps | explained | s / text | delta / change (median) | (worst) |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    interactive = {}
     for kind, (texts, max_length) in kinds.items():
         clf.settings.max_length = max_length
         for steps in args.steps:
-            r = measure(clf, texts, steps)
-            print(f"| {kind} | {r['tokens']:.0f} | {steps} | {r['s_per_text']:.2f} | "
-                  f"{100 * r['rel_delta_median']:.2f} % | {100 * r['rel_delta_max']:.2f} % |", flush=True)
+            for together in (False, True):
+                r = measure(clf, texts, steps, together)
+                if steps == DEFAULT_STEPS and not together:
+                    interactive[kind] = r["s_per_text"]
+                print(f"| {kind} | {r['tokens']:.0f} | {steps} | {'together' if together else 'alone'} | "
+                      f"{r['s_per_text']:.2f} | {100 * r['rel_delta_median']:.2f} % | "
+                      f"{100 * r['rel_delta_max']:.2f} % |", flush=True)
+    if len(interactive) == 2:
+        tweet, review = interactive.values()
+        print(f"\nat the default {DEFAULT_STEPS} steps, one text a call: {tweet:.2f} s/tweet, "
+              f"{review:.2f} s/512-token review")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--pipeline", action="store_true", help="with --model: also the transformers.pipeline baseline")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="with --model")
     ap.add_argument("--backend", default="auto", help="with --model")
+    ap.add_argument("--precision", default="auto", help="with --model: the server's --precision")
+    ap.add_argument("--max-batch-tokens", type=int, default=None, help="with --model: the server's setting")
     ap.add_argument("--clients", default="32", help="comma-separated concurrency levels")
     ap.add_argument("--seconds", type=float, default=30.0, help="per round, per server and --clients level")
     ap.add_argument("--rounds", type=int, default=1, help="repeat every (server, clients) cell, interleaved")
@@ -154,7 +156,9 @@ def server_command(setting: tuple, port: int, args) -> list[str]:
     # --max-queue and --request-timeout out of the way: this measures throughput, not backpressure
     return [sys.executable, "-m", "sentune", "serve", args.model, "--port", str(port), "--backend", args.backend,
             "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms), "--workers", str(workers),
-            "--max-queue", "100000", "--request-timeout", "600", *(["--threads", str(threads)] if threads else [])]
+            "--max-queue", "100000", "--request-timeout", "600", "--precision", args.precision,
+            *(["--threads", str(threads)] if threads else []),
+            *(["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else [])]
 
 
 def is_ready(url: str, setting: tuple) -> bool:

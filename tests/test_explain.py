@@ -221,3 +221,55 @@ def test_windows_beyond_max_windows_leave_their_words_unscored(tmp_path, sharp_d
     seen = [s is not None for s in record["scores"]]
     assert seen[0] and seen[-1] and not all(seen)  # head and tail windows kept, the middle not read
     assert_complete(record)
+
+
+# ---- batching: texts, outputs and steps together give the attributions of each text alone ---------------
+def assert_same_explanations(together: list[dict], alone: list[dict]) -> None:
+    for t, a in zip(together, alone, strict=True):
+        assert t["label"] == a["label"] and t.get("words") == a.get("words")
+        assert [s is None for s in t["scores"]] == [s is None for s in a["scores"]]
+        assert [s for s in t["scores"] if s is not None] == pytest.approx(
+            [s for s in a["scores"] if s is not None], abs=1e-5)
+        assert (t["value"], t["baseline_value"], t["delta"]) == pytest.approx(
+            (a["value"], a["baseline_value"], a["delta"]), abs=1e-5)
+
+
+def count_ig_calls(clf, monkeypatch) -> list:
+    calls: list = []
+    explainer = clf.explainer()
+    attribute = explainer.ig.attribute
+    monkeypatch.setattr(explainer.ig, "attribute", lambda *a, **k: calls.append(a[0].shape) or attribute(*a, **k))
+    return calls
+
+
+def test_texts_explained_in_one_batch_equal_each_explained_alone(tiny_model_dir, monkeypatch):
+    clf = load_fp32(tiny_model_dir)
+    alone = [explain(clf, [text], steps=16)[0] for text in TEXTS]
+    calls = count_ig_calls(clf, monkeypatch)
+    together = explain(clf, TEXTS, steps=16)
+    assert len(calls) == 1 and calls[0][0] == len(TEXTS)  # one integrated-gradients call for all four
+    assert_same_explanations(together, alone)
+    # one step a pass (many passes) gives the same numbers as every step of every text in one pass
+    assert_same_explanations(explain(clf, TEXTS, steps=16, tokens_per_pass=1), alone)
+    assert not any(p.requires_grad for p in clf.explainer().model.parameters())  # no weight gradients
+
+
+def test_windowed_long_texts_explained_together_equal_each_alone(tmp_path, sharp_dir, monkeypatch):
+    clf = load_fp32(edit(sharp_dir, tmp_path / "win", long_text="windows", max_length=8, stride=2,
+                         max_windows=16, pool="mean"))
+    texts = [LONG, "the film was great", " ".join(reversed(LONG.split()))]
+    alone = [explain(clf, [text], steps=16)[0] for text in texts]
+    calls = count_ig_calls(clf, monkeypatch)
+    together = explain(clf, texts, steps=16)
+    assert len(calls) == 1 and calls[0][0] == len(texts)
+    assert_same_explanations(together, alone)
+
+
+def test_multi_label_outputs_are_integrated_together(tmp_path, monkeypatch):
+    clf = load_fp32(save_task_model(tmp_path / "ml", "multi_label_classification", 3))
+    alone = [explain(clf, [text], steps=16)[0] for text in TEXTS]
+    calls = count_ig_calls(clf, monkeypatch)
+    together = explain(clf, TEXTS, steps=16)
+    assert len(calls) == 1
+    for t, a in zip(together, alone, strict=True):
+        assert_same_explanations(t["explanations"], a["explanations"])

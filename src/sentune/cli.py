@@ -317,11 +317,14 @@ def quiet_transformers() -> None:
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="write here instead of stdout")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="padded tokens per model call (texts are batched by length, padded to multiples of 32)")
 @BACKEND_OPTION
 @PRECISION_OPTION
 @click.option("--bf16/--no-bf16", default=False, hidden=True, help="the same as --precision bf16")
 def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, output: str | None, fmt: str,
-            text_column: str, batch_size: int, backend: str, precision: str, bf16: bool) -> None:
+            text_column: str, batch_size: int, max_batch_tokens: int, backend: str, precision: str,
+            bf16: bool) -> None:
     """Classify TEXTs or a file: one JSON line (or CSV row) per text with label, score and probs.
 
     Records carry the input's other columns, else an `id`. With a `label` column in the input, the
@@ -340,7 +343,8 @@ def predict(model_dir: str, texts: tuple[str, ...], input_path: str | None, outp
     quiet_transformers()
     # under torchrun / accelerate launch each process classifies a share; the main one writes (inference/shard.py)
     clf, writes = load_for_launch(lambda device: Classifier.load(model_dir, backend=backend, device=device,
-                                                                 precision="bf16" if bf16 else precision),
+                                                                 precision="bf16" if bf16 else precision,
+                                                                 max_batch_tokens=max_batch_tokens),
                                   input_path)
     start = time.perf_counter()
     with click.open_file((output or "-") if writes else os.devnull, "w", encoding="utf-8", lazy=False) as out:
@@ -369,6 +373,7 @@ def explain(model_dir: str, texts: tuple[str, ...], input_path: str | None, text
     Positive words push toward the explained label, negative ones away from it; the scores sum to the
     change of its logit from an all-padding baseline, up to the printed convergence delta.
     """
+    import itertools
     import json
 
     from sentune.inference.classifier import Classifier
@@ -379,13 +384,17 @@ def explain(model_dir: str, texts: tuple[str, ...], input_path: str | None, text
     quiet_transformers()
     clf = Classifier.load(model_dir)
     colour = fmt == "color" or (fmt == "auto" and sys.stdout.isatty())
-    for index, row in enumerate(rows):
-        record = clf.explain([row["text"]], target=target, steps=steps)[0]
-        if colour:
-            for line in colour_lines(record):
-                click.echo(line, color=True)
-        else:
-            click.echo(json.dumps(output_record(row, record, index)))
+    # a few texts at a time: explained together (one batched pass), still streamed as they are done
+    rows, index = iter(rows), 0
+    while chunk := list(itertools.islice(rows, 16)):
+        for row, record in zip(chunk, clf.explain([r["text"] for r in chunk], target=target, steps=steps),
+                               strict=True):
+            if colour:
+                for line in colour_lines(record):
+                    click.echo(line, color=True)
+            else:
+                click.echo(json.dumps(output_record(row, record, index)))
+            index += 1
 
 
 @main.command()
@@ -458,8 +467,9 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
               "cores with one worker, cores/N with N]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="texts per model call when requests are micro-batched")
-@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="estimated tokens per model call; a larger request is split and takes turns")
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="tokens per model call (estimated when collecting requests, padded in the call); "
+                   "a larger request is split and takes turns")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="how long the first request waits for others to join its batch")
 @click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,

@@ -40,6 +40,7 @@ class Task(str):
     losses: tuple[str, ...] = ()  # what --loss may name besides auto; the first is auto's choice
     has_accuracy = True  # whether the running accuracy (train_acc, val_acc) means anything
     calibration = ""  # what `sentune calibrate` fits and stores: temperature, thresholds, or nothing
+    score_function = ""  # transformers' `function_to_apply` that `scores` amounts to (the Inference API's name)
 
     def __new__(cls, name: str | None = None):
         return super().__new__(cls, cls.name)
@@ -95,6 +96,10 @@ class Task(str):
         """What training prints about its one test of the selected weights."""
         return f"Test of the selected weights: {self.headline(metrics)}"
 
+    def label_scores(self, prediction: dict, labels: Sequence[str]) -> dict[str, float]:
+        """A prediction record's score per label (the Inference API's `[{"label", "score"}]`)."""
+        return dict(prediction["probs"])
+
     # ---- sentune audit / select
     cleanlab_task = ""  # the `task` cleanlab's Datalab takes
     label_audit = ""  # what a `label` finding means for this task, in words (audit.md and the summary)
@@ -130,6 +135,7 @@ class Task(str):
 
 class SingleLabel(Task):
     name, problem_type = "single_label", "single_label_classification"
+    score_function = "softmax"
     cleanlab_task = "classification"
     label_audit = "the given class is unlikely by the out-of-fold probabilities; suggested: the likeliest class"
     select_metrics = ("accuracy", "macro_recall", "macro_f1")
@@ -182,6 +188,7 @@ class SingleLabel(Task):
 
 class MultiLabel(Task):
     name, problem_type = "multi_label", "multi_label_classification"
+    score_function = "sigmoid"
     cleanlab_task = "multilabel"
     label_audit = ("the given label set is unlikely; `labels` names the labels given but unlikely or likely but "
                    "not given; suggested: the set the out-of-fold probabilities give")
@@ -259,6 +266,7 @@ class MultiLabel(Task):
 
 class Regression(Task):
     name, problem_type = "regression", "regression"
+    score_function = "none"
     cleanlab_task = "regression"
     label_audit = ("the target is far from the out-of-fold prediction (cleanlab's residual-based label quality); "
                    "suggested: the prediction")
@@ -268,6 +276,9 @@ class Regression(Task):
 
     def scores(self, logits, temperature=None):  # a temperature does not apply to a value
         return np.asarray(logits, dtype=np.float32)
+
+    def label_scores(self, prediction, labels):  # the one output scores the one label
+        return {labels[0]: prediction["value"]}
 
     def torch_scores(self, logits):
         return logits

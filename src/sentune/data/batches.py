@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sentune.data.padding import pad_rows
+from sentune.data.padding import pad_rows, padded_length
 from sentune.data.windows import Groups, flatten
 
 # Training batches are formed inside mega-chunks of this many batches (as transformers' LengthGroupedSampler):
@@ -79,15 +79,6 @@ class BatchPlan:
                 rows = 0
             rows += size
         return np.split(order, cuts) if len(order) else []
-
-
-def padded_length(longest: int, padding: str, max_length: int, multiple: int) -> int:
-    """Sequence length of a batch: its longest example rounded up to `multiple`, never above max_length."""
-    if padding == "max_length":
-        return max_length
-    if multiple > 1:
-        longest = -(-longest // multiple) * multiple
-    return min(longest, max_length)
 
 
 class Feed:

@@ -1,4 +1,5 @@
-"""The one padding collate: rows of different lengths -> one padded array and its attention mask.
+"""The one padding collate: rows of different lengths -> one padded array and its attention mask; and the
+inference batch plan (which rows go together, padded to which width).
 
 Token ids (training and inference batches) and cached hidden states (`training/cache.py`) are padded by the
 same code. numpy only, so ONNX inference never imports torch.
@@ -24,3 +25,43 @@ def pad_rows(rows: Sequence, width: int | None = None, fill: int = 0,
         padded[i, :n] = row
         mask[i, :n] = 1
     return padded, mask
+
+
+def padded_length(longest: int, padding: str, max_length: int, multiple: int) -> int:
+    """Sequence length of a batch: its longest example rounded up to `multiple`, never above max_length."""
+    if padding == "max_length":
+        return max_length
+    if multiple > 1:
+        longest = -(-longest // multiple) * multiple
+    return min(longest, max_length)
+
+
+def bucket_batches(lengths: Sequence[int], *, max_rows: int, max_tokens: int, multiple: int,
+                   max_length: int) -> list[tuple[list[int], int]]:
+    """Inference batches: (row indices, padded width) per model call, longest rows first.
+
+    A batch of several rows is padded to its longest row rounded up to `multiple` (capped at max_length), so
+    widths come from a fixed set of about max_length / multiple values and the kernels (and oneDNN's
+    per-shape primitive cache) see a bounded set of shapes; it holds at most `max_rows` rows and at most
+    `max_tokens` padded tokens (rows x width, at least one row), a budget that keeps a call's activations
+    in cache. A batch of one row is not padded at all: no wasted work, and no attention mask to apply.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[tuple[list[int], int]] = []
+    start = 0
+    while start < len(order):
+        longest = lengths[order[start]]
+        width = padded_length(longest, "dynamic", max(max_length, longest), multiple)
+        rows = order[start : start + max(1, min(max_rows, max_tokens // width))]
+        batches.append((rows, width if len(rows) > 1 else longest))
+        start += len(rows)
+    return batches
+
+
+def batch_shapes(*, max_rows: int, max_tokens: int, multiple: int, max_length: int) -> set[tuple[int, int]]:
+    """Every (rows, width) `bucket_batches` can produce for inputs of at most max_length tokens: the bound."""
+    widths = {padded_length(n, "dynamic", max_length, multiple) for n in range(1, max_length + 1)}
+    shapes = {(1, n) for n in range(1, max_length + 1)}
+    for width in widths:
+        shapes |= {(rows, width) for rows in range(2, max(1, min(max_rows, max_tokens // width)) + 1)}
+    return shapes

@@ -1,4 +1,5 @@
-"""`Classifier`: one inference path (length-sorted dynamic batches) for predict, serve, export and evaluate.
+"""`Classifier`: one inference path (length-sorted, bucketed, token-budgeted batches) for predict, serve, export
+and evaluate. The torch backend computes the last layer for the first token only, as training does.
 
 Works on any `save_pretrained` sequence-classification folder and on an ONNX export (`sentune export`).
 When `config.json` carries the `sentune` dict written by training (`sentune.settings`: max_length, truncation,
@@ -17,10 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from sentune import tasks
-from sentune.data.padding import pad_rows
+from sentune.data.padding import bucket_batches, pad_rows
 from sentune.errors import ModelError
 from sentune.inference.runners import check_texts, inference_precision, load_runner, pick_backend, pick_device
 from sentune.settings import ModelSettings, of_config
+
+# Padded tokens per model call: enough rows to fill the cores, few enough that a call's activations stay in
+# cache (bench/serve_profile.py measures the time per token against this budget on the machine at hand).
+MAX_BATCH_TOKENS = 4096
+# Batches of several rows are padded to a multiple of this: a bounded set of shapes (data/padding.py).
+PAD_MULTIPLE = 32
 
 
 def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
@@ -36,7 +43,11 @@ class Classifier:
     """A text classifier ready to predict: `Classifier.load(path).predict(["great film"])`."""
 
     def __init__(self, runner, tokenizer, settings: ModelSettings, *, labels: list[str], task: tasks.Task, backend: str,
-                 device: str, name: str, path: str | None = None, precision: str = "fp32"):
+                 device: str, name: str, path: str | None = None, precision: str = "fp32",
+                 max_batch_tokens: int = MAX_BATCH_TOKENS):
+        if max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be >= 1")
+        self.max_batch_tokens = max_batch_tokens
         self.runner = runner
         self.labels = list(labels)
         self.task = task  # from config.json's problem_type
@@ -51,12 +62,13 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "auto",
-             bf16: bool = False) -> Classifier:
+             bf16: bool = False, max_batch_tokens: int = MAX_BATCH_TOKENS) -> Classifier:
         """Load a save_pretrained folder (backend torch) or a `sentune export` folder (backend onnx).
 
         backend "auto" picks torch when the folder has PyTorch weights, else onnx. precision (torch backend)
         resolves as in training: auto is bf16 on CUDA with bf16 and on CPUs with native bf16, fp16 on older
         GPUs, else fp32; it is a property of this machine, so nothing stores it. `bf16=True` = "bf16".
+        max_batch_tokens: padded tokens per model call (batches of several texts; see `batch_plan`).
         """
         from transformers import AutoConfig, AutoTokenizer
 
@@ -75,7 +87,8 @@ class Classifier:
         runner = load_runner(folder, backend, device, precision, settings.pool if settings.windows else None)
         labels = [config.id2label[i] for i in range(config.num_labels)]
         return cls(runner, tokenizer, settings, labels=labels, task=tasks.task_of(config), backend=backend,
-                   device=device, name=model_name(folder, config), path=str(folder), precision=precision)
+                   device=device, name=model_name(folder, config), path=str(folder), precision=precision,
+                   max_batch_tokens=max_batch_tokens)
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -116,33 +129,43 @@ class Classifier:
 
         A windowed model batches windows across texts: `batch_size` then counts windows, not texts.
         """
+        return self.prepared_logits(self.prepare(texts), batch_size)
+
+    def prepare(self, texts: Sequence[str]) -> list:
+        """Per text what the model reads: its token ids, or its windows (a windowed model). No model call,
+        so a server can tokenize on another thread while the model runs (serve/batcher.py)."""
         check_texts(texts)
+        return self.encode_windows(texts) if self.settings.windows else self.encode(texts)
+
+    def prepared_logits(self, prepared: list, batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
+        """`logits_and_windows` for the output of `prepare`."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if self.settings.windows:
-            return self._window_logits(texts, batch_size)
-        return self._truncated_logits(texts, batch_size), [1] * len(texts)
+            return self._window_logits(prepared, batch_size)
+        return self.encoded_logits(prepared, batch_size), [1] * len(prepared)
 
-    def _window_logits(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[int]]:
+    def _window_logits(self, windows: list[list[list[int]]], batch_size: int) -> tuple[np.ndarray, list[int]]:
         from sentune.data.windows import pad_windows, window_batches
 
-        windows = self.encode_windows(texts)
         out = np.zeros((len(windows), len(self.labels)), dtype=np.float32)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for rows in window_batches(windows, batch_size):
             out[rows] = self.runner(*pad_windows([windows[i] for i in rows], pad_id))
         return out, [len(w) for w in windows]
 
-    def _truncated_logits(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        ids = self.encode(texts)
+    def encoded_logits(self, ids: list[list[int]], batch_size: int = 32) -> np.ndarray:
+        """Logits for token ids (from `encode`) in input order, in bucketed, token-budgeted batches."""
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            input_ids, mask = pad_rows([ids[i] for i in rows], fill=pad_id)  # to this batch's longest
-            out[rows] = self.runner(input_ids, mask)
+        for rows, width in self.batch_plan([len(row) for row in ids], batch_size):
+            out[rows] = self.runner(*pad_rows([ids[i] for i in rows], width, fill=pad_id))
         return out
+
+    def batch_plan(self, lengths: list[int], batch_size: int) -> list[tuple[list[int], int]]:
+        """(rows, padded width) per model call: see data/padding.py's bucket_batches."""
+        return bucket_batches(lengths, max_rows=batch_size, max_tokens=self.max_batch_tokens,
+                              multiple=PAD_MULTIPLE, max_length=self.max_length)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Class probabilities (n, num_labels), columns in `labels` order, temperature applied when present.
@@ -156,7 +179,11 @@ class Classifier:
         Multi-label: {"labels": [{"label", "score"}, ...] (every label at or above its threshold, best
         first), "probs": {label: probability}}; regression: {"value": number}. A windowed model adds
         "windows": how many windows the text was read in."""
-        logits, windows = self.logits_and_windows(texts, batch_size)
+        return self.predict_prepared(self.prepare(texts), batch_size)
+
+    def predict_prepared(self, prepared: list, batch_size: int = 32) -> list[dict]:
+        """`predict` for the output of `prepare`."""
+        logits, windows = self.prepared_logits(prepared, batch_size)
         predictions = self.to_predictions(tasks.to_scores(self.task, logits, self.settings.temperature))
         if self.settings.windows:  # a truncating model's records keep their shape
             for prediction, count in zip(predictions, windows, strict=True):

@@ -17,14 +17,17 @@ computes (`inference/windowed.py`): Captum integrates over all of the text's win
 windows share gets the sum of its scores in every window, so the word scores still sum to
 f(text) - f(baseline).
 
-Steps are batched: one forward/backward pass takes as many interpolation steps as fit in
-`tokens_per_pass` tokens, so a tweet's 32 steps are one pass and a 512-token review's a few.
+Texts and steps are batched: texts of similar length are explained together (one forward gives f(text)
+and f(baseline) for all of them, and the scores `predict` would give), and one forward/backward pass takes
+as many interpolation steps of all of them as fit in `tokens_per_pass` tokens, so a tweet's 32 steps are one
+pass and a 512-token review's a few. Weights need no gradient, so the backward pass computes only the
+activations' gradients, and the last layer runs for the first token only, as in `predict`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,11 +150,14 @@ class Explainer:
         import torch
         from captum.attr import LayerIntegratedGradients
 
+        from sentune import model as model_lib
+
         self.torch = torch
         # A private copy: Captum hooks the embedding layer while it attributes, which would corrupt a
         # predict running on the same module at that moment (serve runs both); the lock keeps two
-        # explanations from sharing the hook.
-        self.model = copy.deepcopy(model).float().eval()
+        # explanations from sharing the hook. No weight needs a gradient: only the embeddings' do, so the
+        # backward pass skips every weight-gradient product (a third of a training step's work).
+        self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
         self.lock = threading.Lock()
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
@@ -161,59 +167,79 @@ class Explainer:
             from sentune.inference.windowed import WindowedLogits
 
             self.windowed = WindowedLogits(self.model, pool).eval()
+        # BERT/RoBERTa family: the last layer for the first token only, as predict computes it
+        supported = getattr(self.model.config, "model_type", None) in model_lib.SUPPORTED_TYPES
+        self.forward_logits = model_lib.forward_logits if supported else None
         self.ig = LayerIntegratedGradients(self.forward, self.model.get_input_embeddings())
 
     def forward(self, input_ids, attention_mask, window_mask=None):
-        if window_mask is None:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        else:  # [docs, windows, tokens]
+        if window_mask is not None:  # [docs, windows, tokens]
             logits = self.windowed(input_ids, attention_mask, window_mask)
+        elif self.forward_logits is not None:
+            logits = self.forward_logits(self.model, {"input_ids": input_ids, "attention_mask": attention_mask}, 0)
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         return logits / self.temperature if self.temperature else logits
 
-    def inputs(self, enc: Encoded) -> tuple:
-        """(ids, baseline, forward args): [1, T] for one sequence, [1, W, T] plus the window mask for windows.
+    def inputs(self, encs: Sequence[Encoded]) -> tuple:
+        """(ids, baseline, forward args) for several texts: [B, T] for single sequences, [B, W, T] plus the
+        window mask for windows (padded to the longest; padding is the same in text and baseline, so it
+        gets no score).
 
         The baseline swaps every content token of every window for the pad token; specials, padding and
         the masks stay."""
         torch = self.torch
         from sentune.data.windows import pad_windows
 
-        ids, mask, window_mask = (torch.from_numpy(a).to(self.device) for a in pad_windows([enc.windows], self.pad_id))
+        arrays = pad_windows([enc.windows for enc in encs], self.pad_id)
+        ids, mask, window_mask = (torch.from_numpy(a).to(self.device) for a in arrays)
         content = torch.zeros_like(ids, dtype=torch.bool)
-        for m, words in enumerate(enc.window_words):
-            content[0, m, : len(words)] = torch.tensor([w is not None for w in words], dtype=torch.bool)
+        for b, enc in enumerate(encs):
+            for m, words in enumerate(enc.window_words):
+                content[b, m, : len(words)] = torch.tensor([w is not None for w in words], dtype=torch.bool)
         baseline = torch.where(content, torch.full_like(ids, self.pad_id), ids)
         if self.windowed is None:  # the plain model reads the one sequence
             return ids[:, 0], baseline[:, 0], (mask[:, 0],)
         return ids, baseline, (mask, window_mask)
 
-    def attribute(self, enc: Encoded, outputs: list[int], steps: int,
-                  tokens_per_pass: int = TOKENS_PER_PASS) -> list[dict]:
-        """Per explained output: token scores, f(text), f(baseline) and Captum's convergence delta."""
+    def attribute(self, encs: Sequence[Encoded], pick: Callable[[int, np.ndarray], list[int]], steps: int,
+                  tokens_per_pass: int = TOKENS_PER_PASS) -> list[list[dict]]:
+        """Per text, per explained output: token scores, f(text), f(baseline) and the convergence delta.
+
+        One forward computes f(text) and f(baseline) for every text (`pick(i, f(text_i))` then chooses the
+        outputs to explain); one integrated-gradients call then covers every (text, output) pair, steps
+        batched `tokens_per_pass` tokens a pass."""
         torch = self.torch
-        ids, baseline, args = self.inputs(enc)
-        per_pass = max(1, min(steps, tokens_per_pass // ids.numel()))
-        out = []
+        ids, baseline, args = self.inputs(encs)
         with self.lock:
             with torch.no_grad():
                 ends = self.forward(torch.cat([ids, baseline]), *(torch.cat([a, a]) for a in args)).float()
-            for k in outputs:
-                tokens = self.one_output(ids, baseline, args, k, steps, per_pass)
-                value, base = float(ends[0, k]), float(ends[1, k])
-                out.append({"output": k, "tokens": self.unpad(tokens, enc), "value": value,
-                            "baseline_value": base, "delta": float(tokens.sum()) - (value - base)})
+            ends = ends.reshape(2, len(encs), -1).cpu().numpy()
+            pairs = [(i, k) for i in range(len(encs)) for k in pick(i, ends[0, i])]
+            rows = torch.tensor([i for i, _ in pairs], device=ids.device)
+            tokens = self.integrate(ids[rows], baseline[rows], tuple(a[rows] for a in args), [k for _, k in pairs],
+                                    steps, tokens_per_pass)
+        out: list[list[dict]] = [[] for _ in encs]
+        for (i, k), scores in zip(pairs, tokens, strict=True):
+            value, base = float(ends[0, i, k]), float(ends[1, i, k])
+            kept = self.unpad(scores, encs[i])
+            out[i].append({"output": k, "tokens": kept, "value": value, "baseline_value": base,
+                           "delta": float(kept.sum()) - (value - base)})
         return out
 
-    def one_output(self, ids, baseline, args: tuple, k: int, steps: int, per_pass: int) -> np.ndarray:
-        """IG toward output k: per-token scores [rows, T], `per_pass` interpolation steps per pass.
+    def integrate(self, ids, baseline, args: tuple, targets: list[int], steps: int,
+                  tokens_per_pass: int) -> np.ndarray:
+        """IG of each row toward its target output: per-token scores [rows, W, T].
 
-        Captum batches rows of the embedding layer's output, which for [1, W, T] inputs are the W windows:
-        `internal_batch_size` counts rows, so one step is W of them. Its own convergence delta assumes
-        input and layer rows match, so the delta is computed from the end points instead (same formula)."""
-        rows = ids.shape[1] if ids.dim() == 3 else 1
-        attr = self.ig.attribute(ids, baselines=baseline, target=k, additional_forward_args=args,
-                                 n_steps=steps, internal_batch_size=per_pass * rows)
-        return attr.sum(-1).reshape(rows, -1).detach().float().cpu().numpy()
+        Captum batches rows of the embedding layer's output, which for [R, W, T] inputs are the R x W
+        windows: `internal_batch_size` counts those, so one step is R x W of them. Its own convergence
+        delta assumes input and layer rows match, so the delta is computed from the end points instead
+        (same formula)."""
+        windows = ids.shape[1] if ids.dim() == 3 else 1
+        per_pass = max(1, min(steps, tokens_per_pass // ids.numel()))
+        attr = self.ig.attribute(ids, baselines=baseline, target=targets, additional_forward_args=args,
+                                 n_steps=steps, internal_batch_size=per_pass * len(ids) * windows)
+        return attr.sum(-1).reshape(len(ids), windows, -1).detach().float().cpu().numpy()
 
     @staticmethod
     def unpad(tokens: np.ndarray, enc: Encoded) -> np.ndarray:
@@ -249,19 +275,35 @@ def explain(clf, texts: Sequence[str], target: str | None = None, steps: int = D
         raise ConfigError("--steps must be >= 1")
     if target is not None and target not in clf.labels:
         raise ConfigError(f"--target {target!r} is not a label of this model; its labels: {', '.join(clf.labels)}")
-    explainer = clf.explainer()
-    task = clf.task
     from sentune import tasks
 
-    logits = clf.logits(texts) if texts else np.zeros((0, len(clf.labels)), dtype=np.float32)
-    scores = tasks.to_scores(task, logits, clf.settings.temperature)
+    explainer = clf.explainer()
+    task = clf.task
+    encs = encode_for_explain(clf, texts)
     thresholds = clf.thresholds if task == "multi_label" else None
-    records = []
-    for i, enc in enumerate(encode_for_explain(clf, texts)):
-        outputs = explained_outputs(task, scores[i], clf.labels, target, thresholds)
-        parts = explainer.attribute(enc, outputs, steps, tokens_per_pass)
-        records.append(to_record(enc, parts, clf.labels, task, scores[i]))
+    records: list[dict] = [{} for _ in encs]
+    for chunk in chunks(encs, tokens_per_pass):
+        scores: dict[int, np.ndarray] = {}  # per text, as predict computes them
+
+        def pick(j: int, values: np.ndarray, chunk=chunk, scores=scores) -> list[int]:
+            # values: the explained logits f(text), temperature-scaled already
+            scores[chunk[j]] = tasks.to_scores(task, values[None], None)[0]
+            return explained_outputs(task, scores[chunk[j]], clf.labels, target, thresholds)
+
+        parts = explainer.attribute([encs[i] for i in chunk], pick, steps, tokens_per_pass)
+        for i, text_parts in zip(chunk, parts, strict=True):
+            records[i] = to_record(encs[i], text_parts, clf.labels, task, scores[i])
     return records
+
+
+def chunks(encs: Sequence[Encoded], tokens_per_pass: int) -> list[list[int]]:
+    """Texts explained together: similar lengths, one step of all of them within `tokens_per_pass` tokens."""
+    from sentune.data.padding import bucket_batches
+
+    lengths = [len(enc.windows) * max(map(len, enc.windows)) for enc in encs]
+    plan = bucket_batches(lengths, max_rows=len(encs) or 1, max_tokens=tokens_per_pass, multiple=1,
+                          max_length=max(lengths, default=1))
+    return [rows for rows, _ in plan]
 
 
 def to_record(enc: Encoded, parts: list[dict], labels: list[str], task: str, scores: np.ndarray) -> dict:

@@ -133,12 +133,19 @@ def export_onnx(model_dir: Path, onnx_path: Path, pool: str | None = None) -> No
     if pool is not None:
         return export_windowed(model, model_dir, onnx_path, pool)
 
+    from sentune import model as model_lib
+
+    first_token = getattr(model.config, "model_type", None) in model_lib.SUPPORTED_TYPES
+
     class Logits(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, input_ids, attention_mask):
+            if first_token:  # the last layer for the first token only, as the torch backend runs it
+                return model_lib.forward_logits(self.inner, {"input_ids": input_ids, "attention_mask": attention_mask},
+                                                0)
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
     ids = torch.full((2, 16), 5, dtype=torch.long)

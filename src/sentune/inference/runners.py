@@ -28,6 +28,7 @@ class TorchRunner:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from sentune import model as model_lib
         from sentune.precision import torch_dtype
 
         self.torch = torch
@@ -46,6 +47,9 @@ class TorchRunner:
             if pool == "attention":
                 pooling.load_pool(self.model, path)
             self.windowed = WindowedLogits(self.model, pool).eval()
+        # BERT/RoBERTa family: the last layer for the first token only (all the head reads), as training does
+        first_token_only = getattr(model.config, "model_type", None) in model_lib.SUPPORTED_TYPES
+        self.forward_logits = model_lib.forward_logits if first_token_only else None
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                  window_mask: np.ndarray | None = None) -> np.ndarray:
@@ -55,8 +59,11 @@ class TorchRunner:
             if window_mask is not None:
                 assert self.windowed is not None  # window masks come only with a windowed model's settings
                 return self.windowed(ids, mask, torch.from_numpy(window_mask).to(self.device)).float().cpu().numpy()
-            out = self.model(input_ids=ids, attention_mask=mask)
-        return out.logits.float().cpu().numpy()
+            if self.forward_logits is not None:
+                logits = self.forward_logits(self.model, {"input_ids": ids, "attention_mask": mask}, 0)
+            else:
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+        return logits.float().cpu().numpy()
 
 
 class OnnxRunner:

@@ -1,4 +1,5 @@
-"""The HTTP service: `POST /predict`, `POST /explain`, `GET /health`, `/ready`, `/metrics`, `/metadata`, `/`, /docs.
+"""The HTTP service: `POST /predict`, `POST /explain`, `GET /health`, `/ready`, `/metrics`, `/metadata`, `/`, /docs;
+and the Hugging Face Inference API protocol (`POST /`, `/predict` with `inputs`, `GET /info`: serve/inference_api.py).
 
 Every request mistake answers 4xx with a JSON body `{"error": "..."}`, never 500: no or a wrong API key
 (401), a foreign Host on loopback (421) or Origin (403), a body that is not JSON (415), over
@@ -19,87 +20,27 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from sentune.inference.classifier import MAX_BATCH_TOKENS
+from sentune.serve import inference_api
 from sentune.serve.auth import ApiKeyAuth
 from sentune.serve.batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown, estimate_tokens
 from sentune.serve.guard import BodyGuard, RequestGuard, error
 from sentune.serve.observe import Metrics, Observe
 from sentune.serve.protocol import DEFAULT_READ_TIMEOUT, READ_TIMEOUT_STATE
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["What a great film!"]}]})
-    texts: list[StrictStr] | None = Field(None, description="texts to classify")
-    text: StrictStr | None = Field(None, description="a single text (instead of texts)")
-
-
-# Every task's prediction says how many windows its text was read in (a `--long-text windows` model).
-WINDOWS = Field(1, description="windows the text was read in (more than 1: a long text, whole)")
-
-
-class Prediction(BaseModel):
-    label: str
-    score: float = Field(description="probability of the predicted label")
-    probs: dict[str, float] = Field(description="probability of every label")
-    windows: int = WINDOWS
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
-
-
-class ExplainRequest(PredictRequest):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "What a great film!"}]})
-    target: StrictStr | None = Field(None, description="label to explain (default: the predicted one)")
-
-
-class Explanation(BaseModel):
-    label: str = Field(description="the label explained (`value` for a regression)")
-    score: float | None = Field(None, description="its probability (single-label models)")
-    words: list[str] = Field(description="the text's whitespace-separated words, as the model read them")
-    scores: list[float | None] = Field(
-        description="per word: its integrated-gradients share of value - baseline_value; > 0 supports the label, "
-                    "null for a word cut by truncation")
-    value: float = Field(description="the explained (temperature-scaled) logit for the text")
-    baseline_value: float = Field(description="the same logit for the all-padding baseline")
-    delta: float = Field(description="convergence delta: sum(scores) - (value - baseline_value)")
-    explanations: list[dict] | None = Field(None, description="multi-label: one entry per predicted label")
-
-
-class ExplainResponse(BaseModel):
-    explanations: list[Explanation]
-
-
-class ChosenLabel(BaseModel):
-    label: str
-    score: float = Field(description="sigmoid probability of the label (at or above its threshold)")
-
-
-class MultiLabelPrediction(BaseModel):
-    labels: list[ChosenLabel] = Field(description="every label at or above its decision threshold, best first")
-    probs: dict[str, float] = Field(description="sigmoid probability of every label")
-    windows: int = WINDOWS
-
-
-class MultiLabelResponse(BaseModel):
-    predictions: list[MultiLabelPrediction]
-
-
-class RegressionPrediction(BaseModel):
-    value: float = Field(description="the predicted value, in the training targets' units")
-    windows: int = WINDOWS
-
-
-class RegressionResponse(BaseModel):
-    predictions: list[RegressionPrediction]
-
-
-# The OpenAPI schema of /predict follows the model's task (config.json problem_type).
-RESPONSES = {"single_label": PredictResponse, "multi_label": MultiLabelResponse, "regression": RegressionResponse}
+from sentune.serve.schemas import (
+    RESPONSES,
+    ExplainRequest,
+    ExplainResponse,
+    InferenceRequest,
+    InferenceResponse,
+    PredictRequest,
+    TextsRequest,
+)
 
 
 def task_metadata(classifier) -> dict:
@@ -126,7 +67,8 @@ class Policy(BaseModel):
 
     max_queue: int | None = 512  # texts waiting for the model; past it, 429
     request_timeout: float | None = 30.0  # seconds a request may wait; past it, 503
-    max_batch_tokens: int | None = 8192  # estimated tokens per model call
+    # tokens per model call: estimated (chars / 4) when requests are collected, padded in each model call
+    max_batch_tokens: int | None = MAX_BATCH_TOKENS
     graceful_timeout: float = 10.0  # seconds from SIGTERM to exit
     read_timeout: float = DEFAULT_READ_TIMEOUT  # seconds a client has to send its request head, and then its body
     max_connections: int | None = 256  # connections served at once per worker; past it, 503
@@ -142,13 +84,19 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {first.get('msg', 'invalid request')}"
 
 
-def check_request(req: PredictRequest, limits: Limits, explain: bool = False) -> list[str]:
+def check_request(req: TextsRequest | InferenceRequest, limits: Limits, explain: bool = False) -> list[str]:
     """The texts to classify (or explain, under the stricter limits), or an HTTPException naming what is wrong."""
     max_texts, max_chars = (limits.explain_max_texts, limits.explain_max_chars) if explain else \
         (limits.max_texts, limits.max_chars)
-    if (req.texts is None) == (req.text is None):
-        raise HTTPException(422, 'send either {"texts": [...]} or {"text": "..."}')
-    texts = [req.text] if req.text is not None else req.texts
+    given = [t for t in (getattr(req, "texts", None), getattr(req, "text", None), getattr(req, "inputs", None))
+             if t is not None]
+    if len(given) != 1:
+        shapes = '{"texts": [...]} or {"text": "..."}' if explain else \
+            '{"texts": [...]}, {"text": "..."} or {"inputs": "..." | [...]}'
+        raise HTTPException(422, f"send either {shapes}")
+    if getattr(req, "parameters", None) is not None and getattr(req, "inputs", None) is None:
+        raise HTTPException(422, 'parameters go with {"inputs": ...} only')
+    texts = inference_api.texts_of(given[0])
     if not texts:
         raise HTTPException(422, "texts is empty: send at least one text")
     if len(texts) > max_texts:
@@ -255,9 +203,10 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     `allowed_hosts`: the Host names a request may name (the loopback names when bound to loopback)."""
     limits, policy = limits or Limits(), policy or Policy()
     metrics = Metrics()
-    batcher = MicroBatcher(lambda texts: classifier.predict(texts, batch_size=max_batch), max_batch, max_wait_ms,
+    prepare = getattr(classifier, "prepare", None)  # a Classifier tokenizes apart from the model call
+    batcher = MicroBatcher(model_call(classifier, max_batch, prepared=prepare is not None), max_batch, max_wait_ms,
                            max_tokens=policy.max_batch_tokens, max_queue=policy.max_queue, observer=metrics,
-                           cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)))
+                           cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)), encode=prepare)
     explainer = explainer_line(classifier, limits, policy, explain_steps, metrics)
     ready = asyncio.Event()
 
@@ -276,6 +225,7 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
         await explainer.close()
         metrics.close()
 
+    task = getattr(classifier, "task", "single_label")
     app = FastAPI(title="sentune", summary=f"text classification with {classifier.name}", lifespan=lifespan)
     app.state.batcher, app.state.explainer, app.state.metrics = batcher, explainer, metrics
     # outermost last: Observe sees every answer; Host, Origin, content type and key are checked before
@@ -296,16 +246,41 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
     async def on_http(_request: Request, exc: HTTPException):
         return error(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    @app.post("/predict", response_model=RESPONSES[getattr(classifier, "task", "single_label")], responses={
+    @app.post("/predict", response_model=RESPONSES[task], responses={
         400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
         413: {"description": "body too large"},
         422: {"description": "wrong types, empty list, too many texts or a text too long"},
         429: {"description": "queue full: retry after the Retry-After seconds"},
         503: {"description": "waited past the request timeout, or the server is shutting down"}})
-    async def predict(req: PredictRequest, request: Request) -> dict:
-        """Classify one text or a list; concurrent requests are micro-batched into one model call."""
+    async def predict(req: PredictRequest, request: Request):
+        """Classify one text or a list; concurrent requests are micro-batched into one model call.
+
+        The Inference API body (`{"inputs": ..., "parameters": ...}`) is answered as `POST /` answers it."""
         texts = check_request(req, limits)
+        if req.inputs is not None:
+            return JSONResponse(await ranked_labels(req, texts, request))
         return {"predictions": await classify(batcher, texts, request, policy.request_timeout)}
+
+    async def ranked_labels(req: PredictRequest | InferenceRequest, texts: list[str], request: Request) -> list:
+        inference_api.check_parameters(req.parameters, task)
+        predictions = await classify(batcher, texts, request, policy.request_timeout)
+        return inference_api.ranked(predictions, task, classifier.labels, req.parameters)
+
+    @app.post("/", response_model=InferenceResponse, responses={
+        400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
+        413: {"description": "body too large"}, 422: {"description": "as /predict, or an unknown parameter"},
+        429: {"description": "queue full"}, 503: {"description": "timeout or shutting down"}})
+    async def inference(req: InferenceRequest, request: Request) -> list:
+        """The Hugging Face Inference API / text-embeddings-inference form: per input its labels, best first.
+
+        `huggingface_hub.InferenceClient(base_url).text_classification(text)` posts here."""
+        return await ranked_labels(req, check_request(req, limits), request)
+
+    @app.get("/info")
+    async def model_info() -> dict:
+        """The model, as text-embeddings-inference's /info describes it."""
+        return inference_api.info(classifier, max_texts=limits.max_texts, max_batch_tokens=policy.max_batch_tokens,
+                             max_queue=policy.max_queue)
 
     @app.post("/explain", response_model=ExplainResponse, response_model_exclude_none=True, responses={
         400: {"description": "malformed JSON"}, 401: {"description": "no or a wrong API key"},
@@ -355,6 +330,14 @@ def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, lim
         return FileResponse(str(static.joinpath("index.html")))
 
     return app
+
+
+def model_call(classifier, max_batch: int, prepared: bool):
+    """What the model thread runs: a Classifier's already-encoded inputs (tokenized on the tokenizer thread),
+    or the texts for a stand-in that only has `predict`."""
+    if prepared:
+        return lambda prepared: classifier.predict_prepared(prepared, batch_size=max_batch)
+    return lambda texts: classifier.predict(texts, batch_size=max_batch)
 
 
 def tokens_per_text(classifier) -> int:

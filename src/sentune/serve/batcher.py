@@ -7,6 +7,10 @@ requests meanwhile. A job larger than the budget is split: its first chunk runs 
 rejoins the line *behind* whatever arrived during that model call, so one huge request cannot starve
 the small ones (a small request waits for at most one chunk of each big job ahead of it).
 
+Tokenization happens off the model thread: with an `encode` function, each request's texts are encoded on
+a tokenizer thread as soon as they arrive, while the model thread runs the batch before; the model call then
+gets the encoded items (`Classifier.prepare` / `predict_prepared`).
+
 Backpressure: `enqueue` refuses at once with `QueueFull` when `max_queue` texts already wait. A job
 that times out, is cancelled (its client went away) or meets a shutdown leaves the line at once: its
 texts never reach the model unless they are already running.
@@ -56,6 +60,7 @@ class Job:
     costs: list[int]
     future: asyncio.Future
     results: list = field(default_factory=list)
+    encoded: asyncio.Future | None = None  # the texts' model inputs, computed on the tokenizer thread
     scheduled: int = 0  # texts handed to the model so far
     finished: int = 0
 
@@ -71,7 +76,8 @@ Chunk = tuple[Job, int, int]  # job, first text, end
 class MicroBatcher:
     def __init__(self, predict: Callable[[list[str]], list], max_batch: int = 64, max_wait_ms: float = 5.0, *,
                  max_tokens: int | None = None, max_queue: int | None = None,
-                 cost: Callable[[str], int] = lambda text: 1, observer: BatchObserver | None = None):
+                 cost: Callable[[str], int] = lambda text: 1, observer: BatchObserver | None = None,
+                 encode: Callable[[list[str]], list] | None = None):
         if max_batch < 1 or max_wait_ms < 0 or (max_tokens or 1) < 1 or (max_queue or 1) < 1:
             raise ValueError("max_batch, max_tokens and max_queue must be >= 1 and max_wait_ms >= 0")
         self.predict = predict
@@ -83,6 +89,9 @@ class MicroBatcher:
         self.observer = observer
         # One model thread: the model itself uses every core; two calls at once would only fight.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentune-model")
+        # encode: texts -> model inputs, one item per text; predict then takes those items instead of texts
+        self.encode = encode
+        self.tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentune-tokenize")
         self.batch_sizes: list[int] = []  # texts per model call (recent ones), for tests
         self.queued_texts = 0
         self.queued_tokens = 0
@@ -117,6 +126,10 @@ class MicroBatcher:
             raise QueueFull(self.queued_texts, self.max_queue, self.retry_after())
         costs = [max(1, self.cost(t)) for t in texts]
         job = Job(list(texts), costs, loop.create_future(), results=[None] * len(texts))
+        if self.encode is not None:
+            job.encoded = loop.run_in_executor(self.tokenizer, self.encode, job.texts)
+            # a job that leaves before its batch never reads it: retrieve the outcome so nothing is logged
+            job.encoded.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._line.append(job)
         self._live.add(job)
         self._count(len(texts), sum(costs))
@@ -207,7 +220,7 @@ class MicroBatcher:
                 self._resume = None
             await self._wait_for_batch()
             chunks = self._take_batch()
-            texts = [t for job, start, end in chunks for t in job.texts[start:end]]
+            texts = await self._inputs(chunks)
             if not texts:
                 continue
             tokens = sum(sum(job.costs[start:end]) for job, start, end in chunks)
@@ -226,6 +239,20 @@ class MicroBatcher:
                 continue
             self._observe(len(texts), tokens, loop.time() - began)
             self._deliver(chunks, results)
+
+    async def _inputs(self, chunks: list[Chunk]) -> list:
+        """The model inputs of the chunks: their texts, or their encoded items (an encoding error fails its job)."""
+        if self.encode is None:
+            return [t for job, start, end in chunks for t in job.texts[start:end]]
+        inputs: list = []
+        for job, start, end in list(chunks):
+            assert job.encoded is not None  # set by enqueue when encode is given
+            try:
+                inputs += (await job.encoded)[start:end]
+            except Exception as e:  # a bug in encode: this job gets it (-> 500), the others go on
+                self._fail(job, e)
+                chunks.remove((job, start, end))
+        return inputs
 
     def _observe(self, texts: int, tokens: int, seconds: float) -> None:
         per_token = seconds / tokens
@@ -248,7 +275,9 @@ class MicroBatcher:
 
     async def warm_up(self, texts: list[str]) -> None:
         """One model call outside the line (first calls allocate and tune kernels)."""
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
+        loop = asyncio.get_running_loop()
+        inputs = texts if self.encode is None else await loop.run_in_executor(self.tokenizer, self.encode, texts)
+        await loop.run_in_executor(self.executor, self.predict, inputs)
 
     def begin_drain(self, seconds: float) -> None:
         """Shutdown: refuse new texts, keep serving the waiting ones, fail what is left after `seconds`.
@@ -274,3 +303,4 @@ class MicroBatcher:
             except (asyncio.CancelledError, RuntimeError):
                 pass
         self.executor.shutdown(wait=True)
+        self.tokenizer.shutdown(wait=True)

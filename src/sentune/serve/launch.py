@@ -58,14 +58,15 @@ def cores() -> int:
 
 def build_app(d: Deployment):
     """Load the model and wrap it in the service (run in every worker)."""
-    from sentune.inference.classifier import Classifier
+    from sentune.inference.classifier import MAX_BATCH_TOKENS, Classifier
 
     configure_logging(d.log_format)
     if d.threads:
         import torch
 
         torch.set_num_threads(d.threads)
-    classifier = Classifier.load(d.model_dir, backend=d.backend, precision=d.precision)
+    classifier = Classifier.load(d.model_dir, backend=d.backend, precision=d.precision,
+                                 max_batch_tokens=d.policy.max_batch_tokens or MAX_BATCH_TOKENS)
     return create_app(classifier, max_batch=d.max_batch, max_wait_ms=d.max_wait_ms, limits=d.limits,
                       policy=d.policy, api_keys=d.api_keys, explain_steps=d.explain_steps,
                       allowed_hosts=d.allowed_hosts)

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from sentune.serve.auth import route_path
 
-ROUTES = frozenset({"/predict", "/explain", "/health", "/ready", "/metrics", "/metadata", "/"})
+ROUTES = frozenset({"/predict", "/explain", "/health", "/ready", "/metrics", "/metadata", "/info", "/"})
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 access_log = logging.getLogger("sentune.access")
