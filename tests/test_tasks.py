@@ -271,3 +271,19 @@ def test_raw_split_tuple_labels_fingerprint_like_names():
     assert a == fingerprint(["x"], [[1.0, 0.0]], ["a", "b"]) and a != fingerprint(["x"], [[0.0, 1.0]], ["a", "b"])
     assert RawSplit(["t"], [("a",)], "s").row_name(0) == "s row 1"
     assert json.dumps(tasks.PROBLEM_TYPES["multi_label"]) == '"multi_label_classification"'
+
+
+def test_a_task_is_its_name_and_travels_as_one():
+    import copy
+    import pickle
+
+    from transformers import BertConfig
+
+    for name in tasks.TASKS:
+        task = tasks.get_task(name)
+        assert task == name and json.dumps(task) == json.dumps(name)  # configs, manifests and JSON keep the name
+        assert pickle.loads(pickle.dumps(task)) is task and copy.deepcopy(task) is task
+        assert tasks.task_of(BertConfig(problem_type=task.problem_type)) is task
+    assert tasks.task_of(BertConfig()) is tasks.get_task("single_label")  # a plain model: one label per text
+    with pytest.raises(ConfigError, match="--task must be auto or one of"):
+        tasks.get_task("ranking")

@@ -66,12 +66,16 @@ def regression_targets(part: RawSplit) -> list[float]:
     return out
 
 
-def encode(task: str, raw: dict[str, RawSplit], label_column: str,
-           label_scale: str) -> tuple[list[str], dict[str, list], dict | None]:
-    """(label names, labels per split, regression scale) for a multi-label or regression run."""
-    if task == "multi_label":
-        names = multi_label_vocabulary(raw["train"])
-        return names, {split: multi_hot(part, names) for split, part in raw.items()}, None
+def encode_label_sets(raw: dict[str, RawSplit], label_column: str,
+                      label_scale: str) -> tuple[list[str], dict[str, list], None]:
+    """(label names, 0/1 vectors per split, no scale) for a multi-label run."""
+    names = multi_label_vocabulary(raw["train"])
+    return names, {split: multi_hot(part, names) for split, part in raw.items()}, None
+
+
+def encode_values(raw: dict[str, RawSplit], label_column: str,
+                  label_scale: str) -> tuple[list[str], dict[str, list], dict]:
+    """(the column as the one output's name, standardised targets per split, their scale) for regression."""
     values = {split: regression_targets(part) for split, part in raw.items()}
     scale = tasks.standardise(values["train"], label_scale)
     mean, std = scale["mean"], scale["std"]

@@ -54,7 +54,7 @@ class Splits:
     test: Dataset | None
     label_names: list[str]
     sources: dict[str, dict] = field(default_factory=dict)
-    task: tasks.Task = tasks.get_task("single_label")
+    task: tasks.Task = tasks.get_task(tasks.SingleLabel.name)
     label_scale: dict | None = None  # regression: the standardisation of the targets (tasks.standardise)
 
 
@@ -65,12 +65,7 @@ def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
         raise DataError("no training data: give --train-file, or a --dataset with a train split")
     raw: dict[str, RawSplit] = {split: part for split, part in found.items() if part is not None}
     task = tasks.resolve_task(data.task, raw["train"].labels, raw["train"].source)
-    scale = None
-    if task == "single_label":
-        names, to_id = label_vocabulary(raw["train"])
-        ids = {split: _label_ids(part, to_id, names) for split, part in raw.items()}
-    else:
-        names, ids, scale = label_lib.encode(task, raw, data.label_column, data.label_scale)
+    names, ids, scale = ENCODE[type(task)](raw, data.label_column, data.label_scale)
     rows = {split: (raw[split].texts, ids[split]) for split in ids}
     sources = {split: raw[split].source for split in ids}
     if select_on == "validation" and "validation" not in rows:
@@ -94,7 +89,7 @@ def load_splits(data: DataConfig, seed: int, select_on: str) -> Splits:
 def load_labelled(path_or_dataset: str, *, split: str = "test", dataset_config: str | None = None,
                   text_column: str = "text", label_column: str = "label",
                   label_names: list[str] | None = None, limit: int | None = None,
-                  seed: int = 0, task: str = "single_label",
+                  seed: int = 0, task: str = tasks.SingleLabel.name,
                   form: LabelForm | None = None) -> tuple[Dataset, list[str]]:
     """One labelled split (a file, a folder's split, or a Hub split) mapped onto `label_names`.
 
@@ -111,30 +106,44 @@ def load_labelled(path_or_dataset: str, *, split: str = "test", dataset_config: 
         raise DataError(f"{path_or_dataset}: no such file or folder")
     else:
         part = load_hub_split(path_or_dataset, dataset_config, split, text_column, label_column)
-    if task != "single_label":
-        return _labelled_task_rows(part, task, label_names, limit, seed)
-    tasks.resolve_task(task, part.labels, part.source)  # a list label here is a clear error
+    kind = tasks.get_task(task)
+    names, labels = LABELLED[type(kind)](part, label_names)
+    rows = (part.texts, labels)
+    if limit is not None and limit < len(rows[0]):
+        rows = stratified_sample(rows, limit, seed)
+    return to_dataset(*rows, task=kind), names
+
+
+def _encode_classes(raw: dict[str, RawSplit], label_column: str,
+                    label_scale: str) -> tuple[list[str], dict[str, list], None]:
+    """(class names, class ids per split, no scale) for a single-label run."""
+    names, to_id = label_vocabulary(raw["train"])
+    return names, {split: _label_ids(part, to_id, names) for split, part in raw.items()}, None
+
+
+def _labelled_classes(part: RawSplit, label_names: list[str] | None) -> tuple[list[str], list]:
+    tasks.resolve_task(tasks.SingleLabel.name, part.labels, part.source)  # a list label here is a clear error
     if label_names is None:
         label_names, to_id = label_vocabulary(part)
     else:
         to_id = _model_label_map(part, label_names)
-    rows = (part.texts, _label_ids(part, to_id, label_names, "the model"))
-    if limit is not None and limit < len(rows[0]):
-        rows = stratified_sample(rows, limit, seed)
-    return to_dataset(*rows), list(label_names)
+    return list(label_names), _label_ids(part, to_id, label_names, "the model")
 
 
-def _labelled_task_rows(part: RawSplit, task: str, label_names: list[str] | None, limit: int | None,
-                        seed: int) -> tuple[Dataset, list[str]]:
-    if task == "multi_label":
-        names = list(label_names) if label_names else label_lib.multi_label_vocabulary(part)
-        labels: list = label_lib.multi_hot(part, names, "the model")
-    else:
-        names, labels = list(label_names or ["label"]), label_lib.regression_targets(part)
-    rows = (part.texts, labels)
-    if limit is not None and limit < len(rows[0]):
-        rows = stratified_sample(rows, limit, seed)
-    return to_dataset(*rows, task=task), names
+def _labelled_label_sets(part: RawSplit, label_names: list[str] | None) -> tuple[list[str], list]:
+    names = list(label_names) if label_names else label_lib.multi_label_vocabulary(part)
+    return names, label_lib.multi_hot(part, names, "the model")
+
+
+def _labelled_values(part: RawSplit, label_names: list[str] | None) -> tuple[list[str], list]:
+    return list(label_names or ["label"]), label_lib.regression_targets(part)  # in the data's own units
+
+
+# per task: its training splits' labels (names, labels per split, scale), and one evaluation split's
+ENCODE = {tasks.SingleLabel: _encode_classes, tasks.MultiLabel: label_lib.encode_label_sets,
+          tasks.Regression: label_lib.encode_values}
+LABELLED = {tasks.SingleLabel: _labelled_classes, tasks.MultiLabel: _labelled_label_sets,
+            tasks.Regression: _labelled_values}
 
 
 # --- label vocabulary (RawSplit labels are already names: 3, 3.0 and "3" are all "3") ---
@@ -250,11 +259,12 @@ def _take(rows, indices: list[int]):
     return [texts[i] for i in indices], [labels[i] for i in indices]
 
 
-def to_dataset(texts: list[str], labels: list, task: str = "single_label") -> Dataset:
+def to_dataset(texts: list[str], labels: list, task: str = tasks.SingleLabel.name) -> Dataset:
     from datasets import Dataset, Features, List, Value
 
-    kind = {"single_label": Value("int64"), "multi_label": List(Value("float32")), "regression": Value("float32")}
-    features = Features({"text": Value("string"), "label": kind[task]})
+    kind = {tasks.SingleLabel: Value("int64"), tasks.MultiLabel: List(Value("float32")),
+            tasks.Regression: Value("float32")}
+    features = Features({"text": Value("string"), "label": kind[type(tasks.get_task(task))]})
     return Dataset.from_dict({"text": list(texts), "label": list(labels)}, features=features)
 
 
