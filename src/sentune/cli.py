@@ -121,13 +121,19 @@ def config_options(command):
     return command
 
 
+def run_config_options(preset_help: str):
+    """train's and sweep's run configuration: --preset, --config FILE, then one flag per config field."""
+    return options(
+        click.option("--preset", type=str, default=None, help=preset_help),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help="YAML file with model/data/train/run sections; flags override it"),
+        config_options)
+
+
 # ---- train -------------------------------------------------------------------------------------------
 @main.command()
-@click.option("--preset", type=str, default=None, help="imdb (the reference recipe, default) | demo (offline)")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file with model/data/train/run sections; flags override it")
+@run_config_options("imdb (the reference recipe, default) | demo (offline) | goemotions")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue an interrupted run directory")
-@config_options
 def train(preset: str | None, config_file: str | None, resume: str | None, **flags) -> None:
     """Fine-tune a classifier (defaults: the reference IMDB recipe)."""
     from sentune import api
@@ -164,9 +170,7 @@ def audit(data_path: str | None, preset: str | None, config_file: str | None, fo
 
 # ---- sweep ------------------------------------------------------------------------------------------
 @main.command()
-@click.option("--preset", type=str, default=None, help="the fixed part, as for train (default: imdb)")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file with model/data/train/run sections; flags override it")
+@run_config_options("the fixed part, as for train (default: imdb)")
 @click.option("--search", type=str, default=None,
               help="search space YAML (field: {low, high, log} | [choices]); default: the packaged space")
 @click.option("--n-trials", type=click.IntRange(min=1), default=None, help="trials in the whole study [default: 20]")
@@ -181,7 +185,6 @@ def audit(data_path: str | None, preset: str | None, config_file: str | None, fo
 @click.option("--study-name", type=str, default=None, help="[default: the sweep directory's name]")
 @click.option("--keep-trial-weights", is_flag=True, default=None, help="keep every trial's best/ weights")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="continue a sweep directory")
-@config_options
 def sweep(preset: str | None, config_file: str | None, search: str | None, n_trials: int | None,
           resume: str | None, **flags) -> None:
     """Search hyperparameters with Optuna; every trial reuses the frozen-layer caches of the others.
