@@ -80,8 +80,9 @@ def load_model(model_cfg: ModelConfig, label_names: list[str], problem_type: str
     is_local = Path(path).is_dir()
     local_only = not is_local and hub.local_only()
     common = {"trust_remote_code": model_cfg.trust_remote_code, "local_files_only": local_only}
-    kwargs = dict(common, num_labels=len(label_names), ignore_mismatched_sizes=True,
-                  id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    kwargs: dict[str, Any] = dict(common, num_labels=len(label_names), ignore_mismatched_sizes=True,
+                                  id2label=dict(enumerate(label_names)),
+                                  label2id={n: i for i, n in enumerate(label_names)})
     if problem_type:
         kwargs["problem_type"] = problem_type
     if model_cfg.attention_dropout is not None:  # the BERT-family name (every type in SUPPORTED_TYPES)
