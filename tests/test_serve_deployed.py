@@ -462,3 +462,8 @@ def test_a_worker_returns_large_freed_blocks_to_the_system(tiny_bert_dir):
     out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, str(tiny_bert_dir)], env=env, capture_output=True,
                          text=True, timeout=300, check=True).stdout
     assert json.loads(out.splitlines()[-1])["mapped"] >= 4 << 20  # its own mapping, not heap space kept after
+
+
+def test_an_operators_own_mmap_threshold_is_left_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert launch.pin_mmap_threshold() is False
