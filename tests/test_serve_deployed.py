@@ -432,3 +432,38 @@ def test_a_keys_file_others_can_read_is_warned_about(monkeypatch, tmp_path, mode
     err, got = cli_serve(monkeypatch, ["--api-key-file", str(keys)])
     assert ("can be read by other users" in err) == warned and KEY not in err
     assert got["deployment"].api_keys == [KEY]
+
+
+# In a fresh process: build the app as every worker does, then free an 8 MiB block and ask for 4 MiB.
+# glibc's default would raise its mmap threshold to 8 MiB on that free and carve the 4 MiB from the heap
+# (where, under varying batch shapes, freed space piled up: docs/benchmarks.md, "Server memory").
+ALLOCATOR_PROBE = """
+import ctypes, json, os, sys
+from sentune.serve import Deployment, launch
+launch.build_app(Deployment(model_dir=sys.argv[1], precision="fp32"))
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = Info, ctypes.c_void_p, [ctypes.c_void_p]
+libc.free(libc.malloc(8 << 20))
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(4 << 20)
+print(json.dumps({"mapped": libc.mallinfo2().hblkhd - before}))
+"""
+
+
+@pytest.mark.skipif(not launch.glibc(), reason="glibc's malloc only")
+def test_a_worker_returns_large_freed_blocks_to_the_system(tiny_bert_dir):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, str(tiny_bert_dir)], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert json.loads(out.splitlines()[-1])["mapped"] >= 4 << 20  # its own mapping, not heap space kept after
+
+
+def test_an_operators_own_mmap_threshold_is_left_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert launch.pin_mmap_threshold() is False
