@@ -35,8 +35,19 @@ def test_bucket_batches_cover_every_row_once_within_the_budget_and_the_shape_bou
         assert (len(rows), width) in bound
         if len(rows) > 1:
             assert len(rows) * width <= max_tokens and (width % multiple == 0 or width == 128)
+            # every row of a padded batch is in the batch's bucket: at most multiple - 1 padded positions each
+            assert all(width - lengths[i] < multiple for i in rows)
         else:
             assert width == lengths[rows[0]]  # one row: no padding at all
+
+
+def test_rows_of_other_buckets_are_not_padded_into_a_long_batch():
+    # a 260-token review padded to 512 would cost twice its work; it runs on its own instead
+    plan = bucket_batches([500, 260, 490, 30, 20], max_rows=64, max_tokens=4096, multiple=32, max_length=512)
+    assert plan == [([0, 2], 512), ([1], 260), ([3, 4], 32)]
+    mixed = bucket_batches([500, 260], max_rows=64, max_tokens=4096, multiple=32, max_length=512,
+                           same_bucket=False)
+    assert mixed == [([0, 1], 512)]
 
 
 def test_the_shape_bound_is_small():

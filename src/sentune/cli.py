@@ -473,8 +473,9 @@ def export(model_dir: str, fmt: str, quantize: str | None, output: str | None, c
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
               help="tokens per model call (estimated when collecting requests, padded in the call); "
                    "a larger request is split and takes turns")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="how long the first request waits for others to join its batch")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="how long the first request waits for others to join its batch (0: the model starts at once "
+                   "when idle; requests arriving during a call form the next batch)")
 @click.option("--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
               help="texts waiting for the model (per worker); past it, 429 with Retry-After")
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,

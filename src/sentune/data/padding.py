@@ -37,24 +37,32 @@ def padded_length(longest: int, padding: str, max_length: int, multiple: int) ->
 
 
 def bucket_batches(lengths: Sequence[int], *, max_rows: int, max_tokens: int, multiple: int,
-                   max_length: int) -> list[tuple[list[int], int]]:
+                   max_length: int, same_bucket: bool = True) -> list[tuple[list[int], int]]:
     """Inference batches: (row indices, padded width) per model call, longest rows first.
 
     A batch of several rows is padded to its longest row rounded up to `multiple` (capped at max_length), so
     widths come from a fixed set of about max_length / multiple values and the kernels (and oneDNN's
     per-shape primitive cache) see a bounded set of shapes; it holds at most `max_rows` rows and at most
     `max_tokens` padded tokens (rows x width, at least one row), a budget that keeps a call's activations
-    in cache. A batch of one row is not padded at all: no wasted work, and no attention mask to apply.
+    in cache. With `same_bucket`, a row joins a batch only if it rounds up to the batch's width: padding
+    a 260-token review to 512 doubled its cost, while batching long rows saves almost nothing (measured in
+    docs/benchmarks.md), so rows of other buckets wait for a call of their own. A batch of one row is not
+    padded at all: no wasted work, and no attention mask to apply.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[tuple[list[int], int]] = []
     start = 0
     while start < len(order):
         longest = lengths[order[start]]
-        width = padded_length(longest, "dynamic", max(max_length, longest), multiple)
-        rows = order[start : start + max(1, min(max_rows, max_tokens // width))]
+        cap = max(max_length, longest)
+        width = padded_length(longest, "dynamic", cap, multiple)
+        end = start + 1
+        while end < min(len(order), start + max(1, min(max_rows, max_tokens // width))) and (
+                not same_bucket or padded_length(lengths[order[end]], "dynamic", cap, multiple) == width):
+            end += 1
+        rows = order[start:end]
         batches.append((rows, width if len(rows) > 1 else longest))
-        start += len(rows)
+        start = end
     return batches
 
 

@@ -302,7 +302,7 @@ def chunks(encs: Sequence[Encoded], tokens_per_pass: int) -> list[list[int]]:
 
     lengths = [len(enc.windows) * max(map(len, enc.windows)) for enc in encs]
     plan = bucket_batches(lengths, max_rows=len(encs) or 1, max_tokens=tokens_per_pass, multiple=1,
-                          max_length=max(lengths, default=1))
+                          max_length=max(lengths, default=1), same_bucket=False)
     return [rows for rows, _ in plan]
 
 

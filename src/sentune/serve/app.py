@@ -195,7 +195,7 @@ def explainer_line(classifier, limits: Limits, policy: Policy, steps: int | None
                         observer=metrics.explain, cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)))
 
 
-def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 5.0, limits: Limits | None = None,
+def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 0.0, limits: Limits | None = None,
                policy: Policy | None = None, api_keys: list[str] | None = None,
                explain_steps: int | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The service around a loaded `Classifier` (or anything with predict/labels/name/max_length/backend).

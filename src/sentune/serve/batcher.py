@@ -7,6 +7,10 @@ requests meanwhile. A job larger than the budget is split: its first chunk runs 
 rejoins the line *behind* whatever arrived during that model call, so one huge request cannot starve
 the small ones (a small request waits for at most one chunk of each big job ahead of it).
 
+The default wait is 0: an idle model starts on the first request at once (batch-1 latency, as a plain
+pipeline server has), and under load the requests that arrive during one call make up the next batch, so
+batches still form by themselves; a fixed wait only added its milliseconds to every lone request.
+
 Tokenization happens off the model thread: with an `encode` function, each request's texts are encoded on
 a tokenizer thread as soon as they arrive, while the model thread runs the batch before; the model call then
 gets the encoded items (`Classifier.prepare` / `predict_prepared`).
@@ -74,7 +78,7 @@ Chunk = tuple[Job, int, int]  # job, first text, end
 
 
 class MicroBatcher:
-    def __init__(self, predict: Callable[[list[str]], list], max_batch: int = 64, max_wait_ms: float = 5.0, *,
+    def __init__(self, predict: Callable[[list[str]], list], max_batch: int = 64, max_wait_ms: float = 0.0, *,
                  max_tokens: int | None = None, max_queue: int | None = None,
                  cost: Callable[[str], int] = lambda text: 1, observer: BatchObserver | None = None,
                  encode: Callable[[list[str]], list] | None = None):

@@ -52,7 +52,7 @@ class Deployment(BaseModel):
     backend: str = "auto"
     precision: str = "auto"  # resolved in each worker, on its own machine (sentune/precision.py)
     max_batch: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     limits: Limits = Field(default_factory=Limits)
     policy: Policy = Field(default_factory=Policy)
     api_keys: list[str] = Field(default_factory=list, repr=False)
