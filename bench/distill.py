@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--predict-n", type=int, default=1000, help="test texts each predict process reads")
     ap.add_argument("--tiny", action="store_true", help="a smoke run: a few texts, one epoch")
     ap.add_argument("--epochs", type=int, default=None, help="student epochs (default: the teacher's)")
+    ap.add_argument("--unlabeled", type=int, default=None,
+                    help="unlabelled transfer texts (default: the data set's, 10,000 reviews or every other tweet)")
     return ap.parse_args(argv)
 
 
@@ -62,6 +64,8 @@ def settings(args) -> dict:
     if args.tiny:
         base.update({k: v for k, v in TINY.items() if k != "predict"})
         args.predict_n = TINY["predict"]
+    if args.unlabeled is not None:
+        base["unlabeled"] = args.unlabeled
     return base
 
 
