@@ -465,6 +465,15 @@ def test_a_worker_returns_large_freed_blocks_to_the_system(tiny_bert_dir):
     assert json.loads(out.splitlines()[-1])["mapped"] >= launch.MMAP_THRESHOLD_BYTES
 
 
+def test_a_worker_caps_onednns_primitive_cache_unless_the_operator_did(monkeypatch):
+    monkeypatch.delenv(launch.ONEDNN_CACHE_ENV, raising=False)
+    assert launch.bound_onednn_cache() is True
+    assert os.environ[launch.ONEDNN_CACHE_ENV] == str(launch.ONEDNN_CACHE_CAPACITY)
+    monkeypatch.setenv(launch.ONEDNN_CACHE_ENV, "4096")
+    assert launch.bound_onednn_cache() is False
+    assert os.environ[launch.ONEDNN_CACHE_ENV] == "4096"
+
+
 def test_an_operators_own_mmap_threshold_is_left_alone(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert launch.pin_mmap_threshold() is False

@@ -19,7 +19,9 @@ objects and malloc's in-use bytes flat, its retained free bytes 2 -> 415 MiB, RS
 Each worker therefore fixes the threshold (`pin_mmap_threshold`), so large blocks go back to the system
 when freed. At glibc's initial 128 KiB every activation of a long review (0.8-3 MiB) was a fresh mapping and
 its page faults cost 15-20 % of the throughput on 512-token reviews; 4 MiB keeps those in the heap and still
-maps the batch-sized buffers whose ever-changing sizes fragmented it.
+maps the batch-sized buffers whose ever-changing sizes fragmented it. In bf16, oneDNN keeps a primitive
+(with its own scratchpad, up to a packed copy of the weight) per GEMM shape, up to 1024 of them: each worker
+caps that cache at 256 (`bound_onednn_cache`) unless the operator set ONEDNN_PRIMITIVE_CACHE_CAPACITY.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ SETTINGS_ENV = "SENTUNE_SERVE_SETTINGS"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 KEEP_ALIVE_S = 5
 MAX_HEAD_BYTES = 16 * 1024
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_CAPACITY = 256  # primitives; oneDNN's default is 1024 (see bound_onednn_cache)
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 MMAP_THRESHOLD_BYTES = 4 << 20  # measured: 128 KiB cost 15-20 % of long-review throughput in page faults
 
@@ -86,11 +90,23 @@ def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes))
 
 
+def bound_onednn_cache(capacity: int = ONEDNN_CACHE_CAPACITY) -> bool:
+    """Cap oneDNN's primitive cache for this process (read when oneDNN makes its first primitive, so before
+    the model runs). bf16 kernels keep one primitive per GEMM shape (rows x width x layer kind), a few
+    hundred KiB each; served batch shapes are bounded but more than 1024 primitives, so at oneDNN's default
+    the cache filled for minutes and RSS rose with it. False when the operator set the variable (theirs wins)."""
+    if ONEDNN_CACHE_ENV in os.environ:
+        return False
+    os.environ[ONEDNN_CACHE_ENV] = str(capacity)
+    return True
+
+
 def build_app(d: Deployment):
     """Load the model and wrap it in the service (run in every worker)."""
     from sentune.inference.classifier import MAX_BATCH_TOKENS, Classifier
 
     pin_mmap_threshold()
+    bound_onednn_cache()
     configure_logging(d.log_format)
     if d.threads:
         import torch
