@@ -465,6 +465,40 @@ def test_a_worker_returns_large_freed_blocks_to_the_system(tiny_bert_dir):
     assert json.loads(out.splitlines()[-1])["mapped"] >= launch.MMAP_THRESHOLD_BYTES
 
 
+TRIM_PROBE = """
+import ctypes, json, sys, time
+from sentune.serve import launch
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+launch.pin_mmap_threshold()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+blocks, spacers = [], []
+for _ in range(64):  # 64 MiB under the threshold (heap, not mappings), each followed by a block that stays,
+    blocks.append(libc.malloc(1 << 20))  # so freeing them leaves gaps inside the heap, not a shorter heap
+    spacers.append(libc.malloc(256 << 10))
+    ctypes.memset(blocks[-1], 1, 1 << 20)
+for b in blocks:
+    libc.free(b)
+before = rss()
+launch.trim_heap_every(0.05)
+time.sleep(0.5)
+print(json.dumps({"returned": before - rss()}))
+"""
+
+
+@pytest.mark.skipif(not launch.glibc(), reason="glibc's malloc only")
+def test_a_worker_hands_freed_heap_pages_back_to_the_system():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert json.loads(out.splitlines()[-1])["returned"] >= 32 << 20  # most of the 64 MiB gap
+
+
 def test_a_worker_caps_onednns_primitive_cache_unless_the_operator_did(monkeypatch):
     monkeypatch.delenv(launch.ONEDNN_CACHE_ENV, raising=False)
     assert launch.bound_onednn_cache() is True
