@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", default="1", help="with --model: comma-separated --workers settings; WxT also "
                     "sets --threads T (e.g. 1,2,1x1)")
     ap.add_argument("--pipeline", action="store_true", help="with --model: also the transformers.pipeline baseline")
-    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="with --model")
+    ap.add_argument("--max-wait-ms", type=float, default=0.0, help="with --model (0: the server's default)")
     ap.add_argument("--backend", default="auto", help="with --model")
     ap.add_argument("--precision", default="auto", help="with --model: the server's --precision")
     ap.add_argument("--max-batch-tokens", type=int, default=None, help="with --model: the server's setting")
