@@ -28,7 +28,14 @@ from starlette.exceptions import HTTPException
 from sentune.inference.classifier import MAX_BATCH_TOKENS
 from sentune.serve import inference_api
 from sentune.serve.auth import ApiKeyAuth
-from sentune.serve.batcher import MicroBatcher, QueueFull, RequestTimeout, ShuttingDown, estimate_tokens
+from sentune.serve.batcher import (
+    MAX_WAIT_MS,
+    MicroBatcher,
+    QueueFull,
+    RequestTimeout,
+    ShuttingDown,
+    estimate_tokens,
+)
 from sentune.serve.guard import BodyGuard, RequestGuard, error
 from sentune.serve.observe import Metrics, Observe
 from sentune.serve.protocol import DEFAULT_READ_TIMEOUT, READ_TIMEOUT_STATE
@@ -195,7 +202,7 @@ def explainer_line(classifier, limits: Limits, policy: Policy, steps: int | None
                         observer=metrics.explain, cost=lambda text: estimate_tokens(text, tokens_per_text(classifier)))
 
 
-def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = 0.0, limits: Limits | None = None,
+def create_app(classifier, *, max_batch: int = 64, max_wait_ms: float = MAX_WAIT_MS, limits: Limits | None = None,
                policy: Policy | None = None, api_keys: list[str] | None = None,
                explain_steps: int | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The service around a loaded `Classifier` (or anything with predict/labels/name/max_length/backend).

@@ -77,8 +77,11 @@ class Job:
 Chunk = tuple[Job, int, int]  # job, first text, end
 
 
+MAX_WAIT_MS = 0.0  # the default batch wait (see the module docstring); the CLI's --max-wait-ms says the same
+
+
 class MicroBatcher:
-    def __init__(self, predict: Callable[[list[str]], list], max_batch: int = 64, max_wait_ms: float = 0.0, *,
+    def __init__(self, predict: Callable[[list[str]], list], max_batch: int = 64, max_wait_ms: float = MAX_WAIT_MS, *,
                  max_tokens: int | None = None, max_queue: int | None = None,
                  cost: Callable[[str], int] = lambda text: 1, observer: BatchObserver | None = None,
                  encode: Callable[[list[str]], list] | None = None):

@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from sentune.serve.app import Limits, Policy, create_app
 from sentune.serve.auth import load_api_keys, write_keys_file
+from sentune.serve.batcher import MAX_WAIT_MS
 from sentune.serve.observe import configure_logging
 from sentune.serve.protocol import HeadDeadlineH11
 
@@ -63,7 +64,7 @@ class Deployment(BaseModel):
     backend: str = "auto"
     precision: str = "auto"  # resolved in each worker, on its own machine (sentune/precision.py)
     max_batch: int = 64
-    max_wait_ms: float = 0.0
+    max_wait_ms: float = MAX_WAIT_MS
     limits: Limits = Field(default_factory=Limits)
     policy: Policy = Field(default_factory=Policy)
     api_keys: list[str] = Field(default_factory=list, repr=False)
@@ -85,14 +86,18 @@ def glibc() -> bool:
         return False
 
 
+def libc() -> ctypes.CDLL:
+    """The C library (call only where glibc() is true)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Blocks of `nbytes` or more get their own mapping, returned to the system when freed, for the life of
     this process (glibc's own adjustment off; see the module docstring). False where the C library is not
     glibc, or the operator set MALLOC_MMAP_THRESHOLD_ (theirs wins)."""
     if not glibc() or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes))
+    return bool(libc().mallopt(M_MMAP_THRESHOLD, nbytes))
 
 
 def trim_heap_every(seconds: float = TRIM_SECONDS) -> threading.Thread | None:
@@ -102,12 +107,12 @@ def trim_heap_every(seconds: float = TRIM_SECONDS) -> threading.Thread | None:
     them without giving up the reuse. A trim takes milliseconds; None where the C library is not glibc."""
     if not glibc():
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    c = libc()
 
     def trim() -> None:
         while True:
             time.sleep(seconds)
-            libc.malloc_trim(0)
+            c.malloc_trim(0)
 
     thread = threading.Thread(target=trim, name="sentune-malloc-trim", daemon=True)
     thread.start()
