@@ -31,18 +31,6 @@ class SentuneGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        finally:
-            release_process_group()
-
-
-def release_process_group() -> None:
-    """Destroy a torchrun worker's process group before the interpreter exits. The training API leaves it to
-    the launcher (a later run in the same processes reuses it); left to static destructors at exit, gloo's
-    threads sometimes ended a finished worker with std::terminate (SIGABRT), and torchrun then killed the
-    rank still writing the run. No import: torch.distributed is only there if a command loaded it."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 # Inference follows the machine as training does (sentune/precision.py); nothing stores the choice.
