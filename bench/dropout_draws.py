@@ -9,7 +9,9 @@ and seed this prints, over every real token of the reviews, the mean and standar
 input h, of its noise h - h_eval (h_eval: the frozen layers in eval mode, fp32), and the correlation of the
 noise with another seed's noise (nonzero where dropout's effect is shared, e.g. through LayerNorm). Paths:
 live fp32, live under bf16 autocast (what a bf16 run's frozen layers compute), cached stored in fp32, cached
-stored in bf16 (the default). Both paths read the same training batches (epoch 0's plan). It also prints how
+stored in bf16 (the default). Both paths read epoch 1's training batches and draw each batch's masks from
+`sentune.draws`, so live fp32 and cached fp32 should agree exactly: the last lines print the largest
+difference per seed between live and cached (fp32 and bf16 autocast against fp32 and bf16 storage), and how
 far bf16 storage alone moves the eval-mode input. A benchmark of distributions, not of speed; asserts nothing.
 """
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
+from sentune import draws  # noqa: E402
 from sentune import model as model_lib  # noqa: E402
 from sentune.data.batches import make_feed  # noqa: E402
 from sentune.training.cache import cache_feeds  # noqa: E402
@@ -78,18 +81,23 @@ def real_tokens(batches, k_hidden) -> torch.Tensor:
 def cached(model, feed, k: int, dtype: torch.dtype, seed: int | None) -> torch.Tensor:
     with tempfile.TemporaryDirectory() as folder:
         fed = cache_feeds(model, k, {"train": feed}, mode="memory", cache_dir=folder, fingerprint_parts={},
-                          device="cpu", dtype=dtype, log=lambda _: None, dropout_seed=seed)["train"]
-        return real_tokens(fed.batches(0), lambda b: b["hidden"])
+                          device="cpu", dtype=dtype, log=lambda _: None,
+                          draws=None if seed is None else (seed, 1))["train"]
+        return real_tokens(fed.batches(1), lambda b: b["hidden"])
 
 
 def live(model, feed, k: int, seed: int, autocast: bool) -> torch.Tensor:
-    """The frozen layers in train mode on the training batches, as `--frozen-dropout --cache off` runs them."""
-    torch.manual_seed(seed)
+    """The frozen layers in train mode on epoch 1's training batches, as `--frozen-dropout --cache off` runs them
+    (each batch drawn from its own seed, sentune.draws)."""
     model.train()
+
+    def prefix(b):
+        b = b | {"draw_seed": torch.tensor(draws.draw_seed(seed, 1, int(b["batch"])))}
+        return model_lib.live_prefix(model, k, b)
+
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.no_grad():
-            return real_tokens(feed.batches(0), lambda b: model_lib.forward_prefix(
-                model, k, b["input_ids"], b["attention_mask"]))
+            return real_tokens(feed.batches(1), prefix)
     finally:
         model.eval()
 
@@ -117,6 +125,11 @@ def main(argv=None) -> None:
             h = noise + h_eval
             print(f"| {name} | {seed} | {h.mean():.4f} | {h.std():.4f} | {noise.mean():+.5f} | {noise.std():.4f} | "
                   + (f"{corr:+.4f} |" if corr is not None else "— |"), flush=True)
+    for seed in args.seeds:
+        gaps = [(live_name, stored_name, (paths[live_name](seed) - paths[stored_name](seed)).abs().max().item())
+                for live_name, stored_name in (("live fp32", "cached, fp32 storage"),
+                                               ("live bf16 autocast", "cached, bf16 storage"))]
+        print(f"seed {seed}: " + "; ".join(f"max |{a} - {b}| = {gap:.3g}" for a, b, gap in gaps))
     stored = cached(model, feed, k, torch.bfloat16, None)
     print(f"\nbf16 storage alone (eval mode): std(h_bf16 - h_fp32) = {(stored - h_eval).std():.5f}, "
           f"max |h_bf16 - h_fp32| = {(stored - h_eval).abs().max():.4f}")

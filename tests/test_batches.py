@@ -116,6 +116,22 @@ def test_sharding_splits_batches_between_processes(train):
         assert sorted(seen) == list(range(203))
 
 
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_a_batch_knows_its_position_in_the_epochs_plan_whatever_the_process_count(world_size):
+    """The frozen layers' dropout of a batch is seeded by this position (sentune.draws), so it must name the
+    same batch in one process, in several, and after a mid-epoch resume (`start`)."""
+    _, _, feed = feed_of()
+    whole = {int(b["batch"]): b for b in feed.batches(2)}
+    assert sorted(whole) == list(range(len(feed)))
+    plan = list(feed.plan_rows(2))  # what the cache builds an epoch's dropout over: the same rows and widths
+    for position, (rows, width) in enumerate(plan):
+        assert rows.tolist() == whole[position]["index"].tolist() and width == whole[position]["input_ids"].shape[1]
+    for rank in range(world_size):
+        for start in (0, 2):
+            for b in feed.batches(2, rank=rank, world_size=world_size, start=start):
+                assert torch.equal(b["index"], whole[int(b["batch"])]["index"])
+
+
 def test_too_long_sequence_is_a_bug_not_silently_cut():
     with pytest.raises(ValueError, match="max_length"):
         make_feed([[1] * 50], [0], batch_size=2, train=False, seed=0, pad_id=0, max_length=40)

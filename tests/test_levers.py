@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import build_model, build_tokenizer, sentiment_rows, train_steps
 
-from sentune import config
+from sentune import config, draws
 from sentune import model as M
-from sentune.data.batches import BatchPlan, make_feed, padded_length
+from sentune.data.batches import make_feed
 from sentune.errors import ConfigError
 from sentune.training import cache as cache_lib
 from sentune.training.loop import fit
@@ -121,43 +121,62 @@ def real_rows(feed, epoch: int) -> dict[int, torch.Tensor]:
     return out
 
 
-def test_a_dropout_run_of_the_cache_is_the_frozen_layers_in_train_mode_under_its_seed():
+def test_a_dropout_run_of_the_cache_is_the_frozen_layers_in_train_mode_as_live_training_draws_them():
     feed, vocab = feed_for("bert")
     model = build_model("bert", vocab_size=vocab)
 
-    def build(seed):
+    def build(seed, epoch):
         return cache_lib.cache_feeds(model, K, {"train": feed}, mode="memory", cache_dir=None, device="cpu",
                                      fingerprint_parts={}, dtype=torch.float32,
-                                     log=lambda _: None, dropout_seed=seed)["train"]
+                                     log=lambda _: None, draws=(seed, epoch))["train"]
 
     state = torch.random.get_rng_state()
-    run = real_rows(build(5), 0)
+    run = real_rows(build(5, 2), 2)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
-    (idx,) = BatchPlan(feed.row_lengths, cache_lib.BUILD_BATCH, train=False, seed=0).batches(0)  # one batch of 30
-    batch = feed.collate(idx, padded_length(int(feed.row_lengths[idx].max()), "dynamic", 24, 8))
-    torch.manual_seed(5)
-    with torch.inference_mode():
-        expect = M.forward_prefix(model.train(), K, batch["input_ids"], batch["attention_mask"])
-    for row, i in enumerate(idx.tolist()):
-        assert torch.equal(run[i], expect[row, :feed.row_lengths[i]])
-    other = real_rows(build(6), 0)
-    assert all(not torch.equal(run[i], other[i]) for i in run)  # another seed, another draw
+    expect = {}
+    for batch in feed.batches(2):  # epoch 2's training batches, each drawn from its own seed, as live training
+        with draws.seeded(draws.draw_seed(5, 2, int(batch["batch"]))), torch.inference_mode():
+            hidden = M.forward_prefix(model.train(), K, batch["input_ids"], batch["attention_mask"])
+        for row, i in enumerate(batch["index"].tolist()):
+            expect[i] = hidden[row][batch["attention_mask"][row].bool()]
+    assert run.keys() == expect.keys() and all(torch.equal(run[i], expect[i]) for i in run)
+    for other in (real_rows(build(6, 2), 2), real_rows(build(5, 1), 2)):  # another seed or epoch: other masks
+        assert all(not torch.equal(run[i], other[i]) for i in run)
 
 
 def test_frozen_dropout_with_the_cache_reads_a_fresh_dropout_run_each_epoch(tiny_bert_dir, toy_files, tmp_path):
     flags = {"frozen_dropout": True, "cache": "memory", "dropout_samples": 2, "epochs": 3, "patience": 3}
     p, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path, **flags))
-    epochs = [real_rows(p.feeds["train"], e) for e in range(3)]
+    epochs = [real_rows(p.feeds["train"], e) for e in (1, 2, 3)]
     assert epochs[0].keys() == epochs[1].keys() == epochs[2].keys()
-    assert all(torch.equal(epochs[0][i], epochs[2][i]) for i in epochs[0])  # epoch 2 reads run 2 mod 2 = 0
-    assert all(not torch.equal(epochs[0][i], epochs[1][i]) for i in epochs[0])  # epoch 1: the other run
+    assert all(torch.equal(epochs[0][i], epochs[2][i]) for i in epochs[0])  # epoch 3 rereads epoch 1's run
+    assert all(not torch.equal(epochs[0][i], epochs[1][i]) for i in epochs[0])  # epoch 2: the other run
     again, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "again", **flags))  # same seed: the same runs
-    assert all(torch.equal(epochs[1][i], x) for i, x in real_rows(again.feeds["train"], 1).items())
+    assert all(torch.equal(epochs[1][i], x) for i, x in real_rows(again.feeds["train"], 2).items())
     # the evaluation split is the usual eval-mode cache, as in a run without dropout (own cache folder)
     plain, _ = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "plain", cache="memory",
                            cache_dir=str(tmp_path / "plain-cache")))
     test, plain_test = real_rows(p.feeds["test"], 0), real_rows(plain.feeds["test"], 0)
     assert test.keys() == plain_test.keys() and all(torch.equal(test[i], plain_test[i]) for i in test)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_frozen_dropout_from_the_cache_trains_exactly_as_live(tiny_bert_dir, toy_files, tmp_path, monkeypatch,
+                                                             precision):
+    """Issue 27's claim as an equality: with the draws stored in fp32 and one cached run per epoch, the cached
+    path computes the live run's hidden states and masks (under the run's autocast, as live), so training
+    losses and weights are bit-identical."""
+    monkeypatch.setenv("SENTUNE_CPU_BF16", "1")  # bf16 autocast on any CPU (emulated where not native)
+    flags = {"frozen_dropout": True, "epochs": 2, "patience": 2, "cache_dtype": "fp32", "dropout_samples": 2,
+             "precision": precision}
+    live, live_state = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "live", **flags, cache="off"))
+    cached, cached_state = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "cached", **flags, cache="memory"))
+    assert [r["train_loss"] for r in cached_state.history] == [r["train_loss"] for r in live_state.history]
+    assert cached_state.best_epoch == live_state.best_epoch
+    weights = dict(live.model.named_parameters())
+    assert all(torch.equal(weights[n], w) for n, w in cached.model.named_parameters())
+    other, other_state = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "other", **flags, cache="off", seed=1))
+    assert [r["train_loss"] for r in other_state.history] != [r["train_loss"] for r in live_state.history]
 
 
 @pytest.mark.parametrize("flags", [{"pooler": "frozen", "head_init": "linear"},
@@ -192,7 +211,7 @@ def test_a_dropout_run_is_keyed_by_the_dropout_rates_an_eval_run_is_not(tmp_path
         store = cache_lib.CacheStore()  # a new one per call: what it finds, it finds on disk
         cache_lib.cache_feeds(model, K, {"train": feed}, mode="disk", cache_dir=str(tmp_path), fingerprint_parts={},
                               device="cpu", dtype=torch.float32, log=lambda _: None, store=store,
-                              dropout_seed=seed)
+                              draws=seed and (seed, 1))
         return store.events[-1]["status"]
 
     assert status(5, 0.1) == "built" and status(5, 0.1) == "reused"
@@ -209,13 +228,13 @@ def test_a_dropout_run_is_never_derived_from_a_shallower_one(tmp_path):
     def build(k, store, folder):
         return cache_lib.cache_feeds(model, k, {"train": feed}, mode="memory", cache_dir=str(folder), device="cpu",
                                      fingerprint_parts={}, dtype=torch.float32, log=lambda _: None, store=store,
-                                     dropout_seed=5)["train"]
+                                     draws=(5, 1))["train"]
 
     store = cache_lib.CacheStore()
     build(1, store, tmp_path / "sweep")
-    after_shallower = real_rows(build(K, store, tmp_path / "sweep"), 0)
+    after_shallower = real_rows(build(K, store, tmp_path / "sweep"), 1)
     status = store.events[-1]["status"]
-    direct = real_rows(build(K, cache_lib.CacheStore(), tmp_path / "fresh"), 0)
+    direct = real_rows(build(K, cache_lib.CacheStore(), tmp_path / "fresh"), 1)
     assert all(torch.equal(after_shallower[i], direct[i]) for i in direct)
     assert status == "built"
 

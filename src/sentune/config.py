@@ -109,10 +109,10 @@ class TrainConfig:
                                  "(the same with the cache on or off)")
     frozen_dropout: bool = knob(False, "frozen layers train with their own dropout on, as the reference: live "
                                 "with --cache off, else from --dropout-samples cached runs")
-    dropout_samples: int = knob(3, "with --frozen-dropout and the cache: the frozen layers run this many times "
-                                "over the training split with their dropout on (seeded), and epoch e trains on "
-                                "run e mod N, so N epochs see fresh dropout as without a cache (N x the training "
-                                "split's cache size)")
+    dropout_samples: int = knob(3, "with --frozen-dropout and the cache: the frozen layers' output with dropout "
+                                "on is cached for epochs 1..N, drawn as live training draws it (the same masks: "
+                                "those epochs train exactly as with --cache off); epoch e > N rereads epoch "
+                                "(e - 1) mod N + 1's (N x the training split's cache size)")
     pooler: str = knob("head", "BERT's pooler (dense + tanh on [CLS]): trained at --lr-head (head), at "
                        "--lr-encoder (encoder), or frozen")
     head_init: str = knob("model", "classifier init: the model's own (normal, std initializer_range) or "

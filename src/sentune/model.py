@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sentune import hub, pooling
+from sentune import draws, hub, pooling
 from sentune.config import ModelConfig
 from sentune.errors import ModelError, OfflineError
 
@@ -367,12 +367,22 @@ def forward_logits(model: nn.Module, batch: dict, k: int, dropout: float = 0.0) 
                         "DistributedDataParallel so gradients are synchronised")
     hidden = batch.get("hidden")
     if hidden is None:
-        hidden = forward_prefix(model, k, batch["input_ids"], batch["attention_mask"])
+        hidden = live_prefix(model, k, batch)
     if "window_doc" not in batch:
         return forward_suffix(model, k, hidden, batch["attention_mask"], dropout)
     # windows: every row through the layers, then one pooled state per document for the head
     states = forward_states(model, k, hidden, batch["attention_mask"], dropout)
     return head(model, pooling.pool_rows(model, states, batch["window_doc"]))
+
+
+def live_prefix(model: nn.Module, k: int, batch: dict) -> torch.Tensor:
+    """The prefix on a token batch; a training batch with `draw_seed` (`--frozen-dropout`, live) draws the
+    frozen layers' masks from it, as the cache's dropout runs do (draws.py)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if "draw_seed" not in batch:
+        return forward_prefix(model, k, ids, mask)
+    with draws.seeded(int(batch["draw_seed"]), ids.device):
+        return forward_prefix(model, k, ids, mask)
 
 
 class SplitModel(nn.Module):

@@ -135,15 +135,22 @@ class Feed:
         without building them (resuming mid-epoch).
         """
         plan = self.plan.batches(epoch)
-        if world_size > 1:
-            if self.plan.train:
-                plan = plan[: len(plan) // world_size * world_size]
-            plan = plan[rank::world_size]
-        for idx in plan[start:]:
+        if world_size > 1 and self.plan.train:
+            plan = plan[: len(plan) // world_size * world_size]
+        for position in range(rank + start * world_size, len(plan), world_size):
+            idx = plan[position]
             batch = self._rows(idx) if self.groups is not None else self.collate(idx, self._width(idx))
             batch["labels"] = torch.from_numpy(self.labels[idx])
             batch["index"] = torch.from_numpy(idx.astype(np.int64))
+            batch["batch"] = torch.tensor(position)  # in the epoch's plan, whatever the process count
             yield batch
+
+    def plan_rows(self, epoch: int) -> Iterator[tuple[np.ndarray, int]]:
+        """(rows, padded width) of every batch of `epoch`'s plan, in order, as `batches` pads them: what the
+        frozen-layer cache runs to draw an epoch's dropout exactly as live training draws it."""
+        for idx in self.plan.batches(epoch):
+            rows = self.groups.rows(idx) if self.groups is not None else idx
+            yield rows, self._width(rows)
 
     def subset(self, idx: np.ndarray, batch_size: int, train: bool) -> Feed:
         """A feed of examples `idx` of this one (same contents: token ids or cached states), with its own plan;
@@ -177,7 +184,8 @@ def label_array(labels) -> np.ndarray:
 
 class SampledFeed(Feed):
     """Feeds with one batch plan and different contents (cached runs of the frozen layers with dropout on):
-    epoch e yields the batches of feed e mod N, so N epochs each read fresh dropout."""
+    sample j holds the draws of epoch j + 1 (epochs count from 1), and epoch e reads sample (e - 1) mod N, so
+    N epochs each read fresh dropout, the very draws live training would make in them."""
 
     def __init__(self, samples: list[Feed]):
         first = samples[0]
@@ -187,7 +195,7 @@ class SampledFeed(Feed):
 
     def batches(self, epoch: int = 0, rank: int = 0, world_size: int = 1,
                 start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        return self.samples[epoch % len(self.samples)].batches(epoch, rank, world_size, start)
+        return self.samples[(epoch - 1) % len(self.samples)].batches(epoch, rank, world_size, start)
 
     def subset(self, idx: np.ndarray, batch_size: int, train: bool) -> Feed:
         return SampledFeed([sample.subset(idx, batch_size, train) for sample in self.samples])

@@ -18,6 +18,7 @@ backs `sentune cache list|prune`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -26,13 +27,14 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sentune import draws as draws_lib
 from sentune import model as model_lib
 from sentune.data.batches import BatchPlan, Feed, padded_length
 from sentune.data.padding import pad_rows
@@ -73,13 +75,14 @@ class CacheStore:
 def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: str | None,
                 fingerprint_parts: dict, device, dtype: torch.dtype = torch.bfloat16,
                 log: Callable[[str], None] = print, store: CacheStore | None = None,
-                dropout_seed: int | None = None) -> dict[str, Feed]:
+                draws: tuple[int, int] | None = None) -> dict[str, Feed]:
     """Feeds that yield the same batches as `feeds` but with `hidden` (cached layer-K input) for `input_ids`.
 
     Call on the unwrapped model, after loading and freezing, before training (the model is moved to `device`
     in place); inside an autocast context the prefix runs in that precision. K = 0 or mode `off` returns the
-    feeds unchanged. With `dropout_seed` the prefix runs in train mode, its dropout drawn from that seed (one
-    sample of what the frozen layers give with dropout on, keyed by its seed).
+    feeds unchanged. With `draws` = (seed, epoch) the prefix runs in train mode over that epoch's batches of
+    each feed, its dropout drawn as live training with that seed draws it in that epoch (sentune.draws): the
+    hidden states a live `--frozen-dropout` run computes in the epoch, keyed by seed, epoch and batch plan.
     """
     if k == 0 or mode == "off":
         return dict(feeds)
@@ -93,23 +96,23 @@ def cache_feeds(model, k: int, feeds: dict[str, Feed], *, mode: str, cache_dir: 
     persist = mode == "disk" or (mode == "auto" and _disk_has_room(root, need))
     if persist:
         cache_files.clean_stale(root)  # what a killed build left: multi-GB temporaries nobody will finish
-    if dropout_seed is not None:  # a dropout run is another function of the tokens (and of the rates): its own files
+    if draws is not None:  # a dropout run is another function of the tokens (and of the rates): its own files
         rates = {name: getattr(model.config, name, None) for name in ("attention_probs_dropout_prob",
                                                                         "hidden_dropout_prob")}
-        fingerprint_parts = {**fingerprint_parts, "dropout_seed": dropout_seed, **rates}
+        fingerprint_parts = {**fingerprint_parts, "draws": list(draws), **rates}
     keys = _model_keys(model, k, dtype, fingerprint_parts)
     caches = {}
     for split, feed in feeds.items():
         t0 = time.perf_counter()
-        tokens = _tokens_digest(feed)
+        tokens = _tokens_digest(feed, draws and draws[1])
         paths = {j: root / f"prefix-{_digest(key, tokens)}.bin" for j, key in keys.items()}
         find = functools.partial(_find, store, paths, feed, hidden_size, dtype, in_memory)
         path = paths[k] if persist else None
-        # A dropout run is never derived: layers J.. would redraw from the seed's start, so their masks would
+        # A dropout run is never derived: layers J.. would redraw from the batch's seed, so their masks would
         # repeat the embeddings' and the file would hold other numbers than a direct build under its key.
         caches[split] = (find(k)
-                         or (dropout_seed is None and _derive(model, k, feed, find, device, dtype, path, in_memory))
-                         or _build(model, k, feed, device, dtype, path, in_memory, dropout_seed=dropout_seed))
+                         or (draws is None and _derive(model, k, feed, find, device, dtype, path, in_memory))
+                         or _build(model, k, feed, device, dtype, path, in_memory, draws=draws))
         if store is not None:
             store.caches[paths[k].name] = caches[split]
             store.events.append({"split": split, "k": k, "status": caches[split].status,
@@ -167,20 +170,20 @@ def _extra_layers(model, batch: dict, *, start: int, stop: int, device) -> torch
 
 # ---- building and reusing ------------------------------------------------------------------------------
 def _build(model, k: int, feed: Feed, device, dtype: torch.dtype, path: Path | None,
-           in_memory: bool, run: Callable | None = None, dropout_seed: int | None = None) -> SplitCache:
+           in_memory: bool, run: Callable | None = None, draws: tuple[int, int] | None = None) -> SplitCache:
     lengths = feed.row_lengths
     offsets = _offsets(lengths)
     shape = (int(lengths.sum()), model.config.hidden_size)
     if in_memory or path is None:
         flat = torch.empty(shape, dtype=dtype)
-        _run_prefix(model, k, feed, device, flat, offsets, run, dropout_seed)
+        _run_prefix(model, k, feed, device, flat, offsets, run, draws)
         if path is not None and not _save_copy(flat, dtype, path, _meta(model, k, feed, dtype)):
             path = None  # the copy on disk is only for later runs: this run goes on from memory
         return SplitCache(flat, offsets, lengths, "built", path)
 
     def fill(tmp: Path) -> None:  # larger than the RAM budget: write straight into the file through a memory map
         array = np.lib.format.open_memmap(tmp, "w+", _NUMPY[dtype], shape)
-        _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets, run, dropout_seed)
+        _run_prefix(model, k, feed, device, torch.from_numpy(array).view(dtype), offsets, run, draws)
         array.flush()
         del array
 
@@ -213,28 +216,36 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 
 def _run_prefix(model, k: int, feed: Feed, device, flat: torch.Tensor, offsets: np.ndarray,
-                run: Callable | None = None, dropout_seed: int | None = None) -> None:
+                run: Callable | None = None, draws: tuple[int, int] | None = None) -> None:
     """Fill `flat` with layer-K inputs; `run(model, batch)` replaces the prefix forward (derivation).
-    With `dropout_seed`: in train mode, dropout drawn from that seed, the caller's random state left as it was."""
+    With `draws`: in train mode, each batch drawn from its own seed, the caller's random state left as it was."""
     was_training = model.training
-    model.train(dropout_seed is not None)  # eval: the frozen layers are a fixed function only without dropout
-    plan = BatchPlan(feed.row_lengths, BUILD_BATCH, train=False, seed=0)
-    rng = torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else [],
-                                enabled=dropout_seed is not None)
+    model.train(draws is not None)  # eval: the frozen layers are a fixed function only without dropout
     try:
-        with rng, torch.inference_mode():
-            if dropout_seed is not None:
-                torch.manual_seed(dropout_seed)
-            for idx in plan.batches(0):
-                width = padded_length(int(feed.row_lengths[idx].max()), "dynamic", feed.max_length, 8)
-                batch = feed.collate(idx, width)
-                hidden = run(model, batch) if run is not None else model_lib.forward_prefix(
-                    model, k, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        with torch.inference_mode():
+            for rows, width, seed in _build_batches(feed, draws):
+                batch = feed.collate(rows, width)
+                with contextlib.nullcontext() if seed is None else draws_lib.seeded(seed, device):
+                    hidden = run(model, batch) if run is not None else model_lib.forward_prefix(
+                        model, k, batch["input_ids"].to(device), batch["attention_mask"].to(device))
                 hidden = hidden.to(device="cpu", dtype=flat.dtype)
-                for row, i in enumerate(idx):
+                for row, i in enumerate(rows):
                     flat[offsets[i]:offsets[i] + feed.row_lengths[i]] = hidden[row, :feed.row_lengths[i]]
     finally:
         model.train(was_training)
+
+
+def _build_batches(feed: Feed, draws: tuple[int, int] | None) -> Iterator[tuple[np.ndarray, int, int | None]]:
+    """(rows, padded width, dropout seed): length-sorted batches of BUILD_BATCH rows in eval mode; with
+    `draws` = (seed, epoch), the epoch's own training batches, padded as training pads them, so every mask
+    has the shape and the seed the live run gives it."""
+    if draws is None:
+        for idx in BatchPlan(feed.row_lengths, BUILD_BATCH, train=False, seed=0).batches(0):
+            yield idx, padded_length(int(feed.row_lengths[idx].max()), "dynamic", feed.max_length, 8), None
+        return
+    seed, epoch = draws
+    for b, (rows, width) in enumerate(feed.plan_rows(epoch)):
+        yield rows, width, draws_lib.draw_seed(seed, epoch, b)
 
 
 def _meta(model, k: int, feed: Feed, dtype: torch.dtype) -> dict:
@@ -277,16 +288,19 @@ def _digest(*parts: str) -> str:
 
 def _model_keys(model, k: int, dtype: torch.dtype, parts: dict) -> dict[int, str]:
     """Identity of the prefix at every depth 1..K as a function (exact weights, depth, attention kernel,
-    dtypes, caller's parts), in one pass over the weights: depth j's hash is the running hash after layer j-1."""
+    dtypes, the autocast it runs under, caller's parts), in one pass over the weights: depth j's hash is the
+    running hash after layer j-1."""
     modules = model_lib.prefix_modules(model, k)
     numerics = config_numerics(model.config)
+    device = next(model.parameters()).device.type
+    autocast = str(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
     h, keys = hashlib.sha256(), {}
     for depth, module in enumerate(modules):
         for name, tensor in module.state_dict().items():
             h.update(name.encode())
             h.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
         if depth >= 1:  # modules[0] is the embeddings: depth 1 = embeddings + layer 0
-            extra = [FORMAT_VERSION, depth, str(dtype), str(next(model.parameters()).dtype),
+            extra = [FORMAT_VERSION, depth, str(dtype), str(next(model.parameters()).dtype), autocast,
                      getattr(model.config, "_attn_implementation", None), parts, numerics]
             keys[depth] = _digest(h.hexdigest(), json.dumps(extra, sort_keys=True, default=str))
     return keys
@@ -310,11 +324,15 @@ def config_numerics(config) -> dict:
     return {"config": numbers, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _tokens_digest(feed: Feed) -> str:
+def _tokens_digest(feed: Feed, epoch: int | None = None) -> str:
+    """The split's exact token ids; for a dropout run (`epoch`) also that epoch's batches and their widths,
+    which decide every mask's shape and seed."""
     h = hashlib.sha256(str(feed.max_length).encode())
     h.update(feed.row_lengths.astype(np.int64).tobytes())
     for ids in feed.input_ids or []:  # token feeds only: a cached feed has no ids (and is never keyed)
         h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    for rows, width in feed.plan_rows(epoch) if epoch is not None else ():
+        h.update(np.concatenate([[len(rows), width], rows]).astype(np.int64).tobytes())
     return h.hexdigest()
 
 

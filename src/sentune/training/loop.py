@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sentune import draws, rundir, tasks
 from sentune import model as model_lib
-from sentune import rundir, tasks
 from sentune.config import Config
 from sentune.evaluation.metrics import selection_key
 from sentune.training import checkpoint, guards, tracking
@@ -144,6 +144,8 @@ def train_step(p: Prepared, batch: dict, sync: bool, epoch: int, step: int) -> t
     """Forward and backward on one batch, an optimizer step when `sync`; returns [loss*n, correct, n]."""
     acc = p.accelerator
     batch = {name: t.to(acc.device) for name, t in batch.items()}
+    if p.cfg.train.frozen_dropout and "input_ids" in batch:  # live frozen dropout: the cache's draws (draws.py)
+        batch["draw_seed"] = torch.tensor(draws.draw_seed(p.cfg.train.seed, epoch, int(batch["batch"])))
     n = batch["labels"].shape[0]
     # accumulate() counts batches itself (and sees no DataLoader end here): set its counter so that it syncs
     # exactly on `sync`, which also holds on an epoch's last batch and after a mid-epoch resume. Without

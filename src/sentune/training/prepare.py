@@ -228,25 +228,25 @@ def maybe_cache(cfg: Config, model, feeds: dict, acc, store=None, source: str | 
     cache = functools.partial(cache_feeds, model, k, mode=cfg.train.cache, cache_dir=cfg.train.cache_dir,
                               fingerprint_parts=parts, device=acc.device, store=store, dtype=dtype)
     # One process per machine builds the cache file, the others then find it and reuse it; with --cache
-    # memory there is no file, so each process builds its own copy.
-    with acc.local_main_process_first():
+    # memory there is no file, so each process builds its own copy. The prefix runs under the run's autocast,
+    # as it does live (training and evaluation), so the cache holds what the live path computes.
+    with acc.local_main_process_first(), acc.autocast():
         if not cfg.train.frozen_dropout:
             return cache(feeds, log=log)
         return dropout_cache(cfg, cache, feeds, log)
 
 
 def dropout_cache(cfg: Config, cache, feeds: dict, log) -> dict:
-    """--frozen-dropout with the cache: evaluation splits as usual (eval mode), the training split as N seeded
-    runs of the frozen layers with dropout on, epoch e reading run e mod N (`SampledFeed`)."""
+    """--frozen-dropout with the cache: evaluation splits as usual (eval mode), the training split as the frozen
+    layers' output with dropout on in epochs 1..N, drawn as live training draws it (sentune.draws); epoch e
+    reads run (e - 1) mod N (`SampledFeed`), so with N >= --epochs the run trains as a live one."""
     from sentune.data.batches import SampledFeed
 
     out = cache({s: f for s, f in feeds.items() if s != "train"}, log=log) if len(feeds) > 1 else {}
     n = cfg.train.dropout_samples
-    samples = []
-    for j in range(n):
-        seed = 1_000_003 * cfg.train.seed + j  # the sample's own stream; the cache keys it, so reruns reuse it
-        samples.append(cache({"train": feeds["train"]}, dropout_seed=seed,
-                             log=lambda line, j=j: log(f"{line} (dropout run {j + 1} of {n})"))["train"])
+    samples = [cache({"train": feeds["train"]}, draws=(cfg.train.seed, epoch),
+                     log=lambda line, e=epoch: log(f"{line} (dropout of epoch {e}, {e} of {n})"))["train"]
+               for epoch in range(1, n + 1)]
     return out | {"train": SampledFeed(samples)}
 
 
