@@ -269,7 +269,9 @@ def test_torchrun_two_processes(tiny_bert_dir, data, task, task_name, tmp_path):
     values = train_flags(tiny_bert_dir, data, out, task, epochs=1)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "sentune", "train", *cli(values)],
-                            env=ENV, capture_output=True, text=True, timeout=400)
+                            # a worker that aborts (SIGABRT, seen rarely at the end of a run) prints every
+                            # thread's Python stack, so a failure here says where it happened
+                            env={**ENV, "PYTHONFAULTHANDLER": "1"}, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads((out / "manifest.json").read_text())["num_processes"] == 2
     assert json.loads((out / "final_metrics.json").read_text()).get("task", "single_label") == task_name
