@@ -74,10 +74,10 @@ ROW_HELP = {
                  "dropout + Linear on [CLS] (no pooler), weight decay on everything",
     "sentune": "sentune's defaults with --select-on test (the reference's selection)",
     "frozen-dropout": "frozen layers in train mode (their dropout on), live: no cache",
-    "frozen-dropout-cached": "the same dropout from the cache: 3 seeded runs of the frozen layers with dropout "
-                             "on, epoch e reads run e mod 3 (the cache kept)",
-    "frozen-dropout-cached-fp32": "frozen-dropout-cached with the draws stored in fp32 instead of bf16 "
-                                  "(--cache-dtype fp32: tests storage precision, issue 27)",
+    "frozen-dropout-cached": "the same dropout from the cache: the frozen layers' output with dropout on for "
+                             "epochs 1-3, drawn as the live run draws it (the cache kept; stored in bf16)",
+    "frozen-dropout-cached-fp32": "frozen-dropout-cached with the draws stored in fp32 (--cache-dtype fp32): "
+                                  "trains bit-identically to frozen-dropout (issue 27)",
     "pooler-encoder": "the BERT pooler trained at --lr-encoder instead of --lr-head",
     "pooler-frozen": "the BERT pooler left frozen",
     "head-init-linear": "the classifier initialised as torch.nn.Linear (the reference's FC) instead of N(0, 0.02)",
