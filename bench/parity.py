@@ -237,14 +237,17 @@ def heldout_child(best: str, file: str, out: str, precision: str) -> None:
     (`AutoModelForSequenceClassification` via sentune's Classifier); bf16 weights when the runs are bf16 (the
     reference evaluates under bf16 autocast)."""
     from sentune.data.splits import load_labelled
-    from sentune.evaluation.metrics import selection_score
+    import torch
+
+    from sentune.evaluation.metrics import compute_metrics
     from sentune.inference.classifier import Classifier
 
     clf = Classifier.load(best, backend="torch", precision=precision)
     rows, _ = load_labelled(file, label_names=clf.labels)
-    pred = clf.logits(list(rows["text"]), batch_size=64).argmax(-1)
-    scores = {metric: selection_score(metric, list(rows["label"]), pred) for metric in ("accuracy", "macro_recall")}
-    Path(out).write_text(json.dumps({**scores, "n": len(pred), "precision": precision}) + "\n")
+    probs = torch.as_tensor(clf.logits(list(rows["text"]), batch_size=64)).float().softmax(-1).numpy()
+    metrics = compute_metrics(list(rows["label"]), probs, clf.labels)
+    scores = {metric: metrics[metric] for metric in ("accuracy", "macro_recall")}
+    Path(out).write_text(json.dumps({**scores, "n": len(probs), "precision": precision}) + "\n")
 
 
 def prune(run: Path) -> None:
