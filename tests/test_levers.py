@@ -160,15 +160,17 @@ def test_frozen_dropout_with_the_cache_reads_a_fresh_dropout_run_each_epoch(tiny
     assert test.keys() == plain_test.keys() and all(torch.equal(test[i], plain_test[i]) for i in test)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(("precision", "windows"), [("fp32", False), ("bf16", False), ("fp32", True)])
 def test_frozen_dropout_from_the_cache_trains_exactly_as_live(tiny_bert_dir, toy_files, tmp_path, monkeypatch,
-                                                             precision):
+                                                             precision, windows):
     """Issue 27's claim as an equality: with the draws stored in fp32 and one cached run per epoch, the cached
     path computes the live run's hidden states and masks (under the run's autocast, as live), so training
     losses and weights are bit-identical."""
     monkeypatch.setenv("SENTUNE_CPU_BF16", "1")  # bf16 autocast on any CPU (emulated where not native)
     flags = {"frozen_dropout": True, "epochs": 2, "patience": 2, "cache_dtype": "fp32", "dropout_samples": 2,
              "precision": precision}
+    if windows:  # long texts read as windows: the draws follow the windows of each document batch
+        flags |= {"long_text": "windows", "max_length": 8, "stride": 2}
     live, live_state = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "live", **flags, cache="off"))
     cached, cached_state = fit(run_cfg(tiny_bert_dir, toy_files, tmp_path / "cached", **flags, cache="memory"))
     assert [r["train_loss"] for r in cached_state.history] == [r["train_loss"] for r in live_state.history]
