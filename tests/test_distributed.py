@@ -10,6 +10,7 @@ sums in another order than accumulation does), which is why weights are compared
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -243,3 +244,28 @@ def test_splits_smaller_than_one_batch_per_process(setup, tmp_path):
     assert final_two["n"] == final_one["n"] == 12
     for key in ("accuracy", "macro_recall", "macro_f1"):
         assert final_two[key] == pytest.approx(final_one[key], abs=1e-9), key
+
+
+ENDS_A_WORKER = """
+import sys, torch.distributed as dist
+from sentune.cli import end_launched_worker
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+print("written before the end", flush=False)
+end_launched_worker()
+print("never printed")
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("launched", [True, False])
+def test_a_launched_worker_that_succeeded_ends_without_teardown_and_nothing_else_does(tmp_path, launched):
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"}
+    if launched:
+        env["TORCHELASTIC_RUN_ID"] = "test"
+    done = subprocess.run([sys.executable, "-c", ENDS_A_WORKER, str(tmp_path / "store")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "written before the end" in done.stdout  # flushed before the process ended
+    if launched:
+        assert done.returncode == 0 and "never printed" not in done.stdout
+    else:  # outside torchrun (and in tests that call the CLI in-process) it returns and the program goes on
+        assert done.returncode == 3 and "never printed" in done.stdout

@@ -24,13 +24,29 @@ class SentuneGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except SentuneError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        end_launched_worker()
+        return result
+
+
+def end_launched_worker() -> None:
+    """A torchrun / accelerate-launch worker whose command succeeded ends here, without the interpreter's
+    teardown: in the fresh-clone suite a finished rank 1 sometimes died in it with "terminate called without an
+    active exception" (SIGABRT; a C++ thread of the process group destroyed while joinable), and torchrun then
+    killed rank 0 while it was still writing the run, although every file of the run is written by then
+    (destroying the process group first did not prevent it). Outside a launched worker this does nothing."""
+    dist = sys.modules.get("torch.distributed")  # imported only if a command used it: no torch import here
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or dist is None or not dist.is_initialized():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # Inference follows the machine as training does (sentune/precision.py); nothing stores the choice.
