@@ -236,9 +236,9 @@ def heldout_child(best: str, file: str, out: str, precision: str) -> None:
     """Accuracy and macro-recall of `best/` on the held-out file, loaded as any user loads it
     (`AutoModelForSequenceClassification` via sentune's Classifier); bf16 weights when the runs are bf16 (the
     reference evaluates under bf16 autocast)."""
-    from sentune.data.splits import load_labelled
     import torch
 
+    from sentune.data.splits import load_labelled
     from sentune.evaluation.metrics import compute_metrics
     from sentune.inference.classifier import Classifier
 
